@@ -1,0 +1,5 @@
+import sys
+
+from nlprnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,303 @@
+"""Experiment configuration: dataclasses, mirrored by YAML files, overridden by `a.b=c` arguments.
+
+A config is checked completely before any work starts: an unknown key, a wrong type or a value outside
+its choices stops the run with a message that names the key and lists what is valid. Fields with a fixed
+set of values say so in their metadata (`choices`), so the check and the documentation are one thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nlprnn.errors import NlprnnError
+
+
+def choice(default, *choices, help: str = ""):
+    """A field whose value must be one of `choices`."""
+    return field(default=default, metadata={"choices": choices, "help": help})
+
+
+@dataclass
+class DataConfig:
+    path: str = "../shared/data/wikitext-2"  # local folder with train/valid/test files, or a hub dataset id
+    name: str | None = None  # hub dataset configuration, e.g. "wikitext-2-v1"
+    min_freq: int = 1
+    max_size: int | None = None
+    batch_size: int = 20  # global number of BPTT streams, split across processes
+    eval_batch_size: int = 10
+    bptt: int = 35
+    cache_dir: str | None = None  # where encoded token files live; default ~/.cache/nlprnn
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = choice("sgd", "sgd", "adam", "adamw")
+    lr: float = 20.0
+    momentum: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    clip_norm: float = 0.25  # max gradient norm; 0 disables clipping
+    grad_accum_steps: int = 1
+    epochs: int = 40
+    max_steps: int = 0  # optimizer steps; 0 = no limit
+    max_minutes: float = 0.0  # wall-clock budget for training; 0 = no limit
+    seed: int = 1111
+    schedule: str = choice("plateau", "constant", "plateau", "cosine", "inverse_sqrt")
+    warmup_steps: int = 0
+    plateau_factor: float = 0.25  # lr multiplier when validation stops improving
+    plateau_patience: int = 0
+    min_lr: float = 0.0
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 disables
+    eval_every: int = 0  # optimizer steps between evaluations; 0 = once per epoch
+    checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = at every evaluation
+    log_every: int = 50
+    max_nonfinite: int = 5  # consecutive non-finite losses/gradients tolerated before stopping
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    resume: bool = True  # continue from <dir>/checkpoints/last when it exists
+    save_model: bool = True  # write the best model with save_pretrained to <dir>/model
+    tracker: str = choice("auto", "auto", "tensorboard", "none", help="auto = tensorboard when installed")
+    progress: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    task: str = choice("lm", "lm")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict = field(default_factory=lambda: {"name": "lstm"})  # resolved against the model's own config
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def model_name(self) -> str:
+        return self.model["name"]
+
+    def model_config(self, **filled_in):
+        """The model's own config dataclass, with values only the data knows (vocab size) filled in."""
+        from nlprnn.models import model_config
+
+        values = {k: v for k, v in self.model.items() if k != "name"}
+        values.update(filled_in)
+        return model_config(self.model_name, values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------------
+# dict -> dataclass with type checks
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """Return `value` as type `tp`, or raise an error naming `key`. Strings from the command line are parsed."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("null", "none") and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except NlprnnError as e:
+                errors.append(str(e))
+        raise NlprnnError(errors[0] if len(errors) == 1 else f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise NlprnnError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise NlprnnError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise NlprnnError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise NlprnnError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise NlprnnError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise NlprnnError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise NlprnnError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"config field {key} has an unsupported type {tp}")
+
+
+def from_dict(cls, data: dict | None, prefix: str):
+    """Build dataclass `cls` from `data`, checking every key and value; errors name `prefix.key`."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise NlprnnError(f"{prefix}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise NlprnnError(
+            f"unknown config key {where}{unknown[0]}; valid keys{' under ' + prefix if prefix else ''}: "
+            + ", ".join(sorted(fields))
+        )
+    values = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        value = _coerce(value, hints[name], key)
+        choices = fields[name].metadata.get("choices")
+        if choices and value not in choices:
+            raise NlprnnError(f"{key}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        values[name] = value
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------------------
+# YAML + overrides -> ExperimentConfig
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise NlprnnError(f"override {dotted}: '{part}' is a value, not a section")
+        node = child
+    # YAML parsing turns "true"/"3"/"[1, 2]" into values; field types then check and coerce them.
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise NlprnnError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise NlprnnError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError as e:
+        raise NlprnnError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise NlprnnError(f"{path}: expected a mapping of sections (data, model, train, run), got {type(data).__name__}")
+    return data
+
+
+def load_config(config_path: str | Path | None = None, overrides: list[str] = (), **defaults) -> ExperimentConfig:
+    """YAML file (optional) + `a.b=c` overrides -> a fully checked ExperimentConfig.
+
+    `defaults` (e.g. task="lm") are applied before the file, so the file and the overrides win.
+    """
+    tree: dict = dict(defaults)
+    if config_path is not None:
+        for key, value in read_yaml(config_path).items():
+            if isinstance(value, dict) and isinstance(tree.get(key), dict):
+                tree[key] = {**tree[key], **value}
+            else:
+                tree[key] = value
+    for item in overrides:
+        if "=" not in item:
+            raise NlprnnError(f"override '{item}': expected key=value, e.g. train.lr=0.5")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw)
+    model = tree.pop("model", None) or {"name": "lstm"}
+    if not isinstance(model, dict) or "name" not in model:
+        raise NlprnnError("model: expected a mapping with a 'name' (e.g. lstm, gru, rnn_tanh, transformer)")
+    config = from_dict(ExperimentConfig, tree, "")
+    # Resolve the model section against the model's own dataclass now, so its errors come at start-up too,
+    # and record every default so the result file states the full configuration.
+    config.model = {"name": str(model["name"])}
+    values = {k: v for k, v in model.items() if k != "name"}
+    config.model.update(dataclasses.asdict(config.model_config(**values)))
+    return config
+
+
+def parse_args(argv: list[str] | None = None, **defaults) -> ExperimentConfig:
+    """`[--config FILE] [key=value ...]` as recipes take them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path = None
+    rest = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config", "-c"):
+            if i + 1 >= len(argv):
+                raise NlprnnError("--config needs a file path")
+            config_path = argv[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        elif arg in ("-h", "--help"):
+            raise SystemExit(usage())
+        else:
+            rest.append(arg)
+        i += 1
+    return load_config(config_path, rest, **defaults)
+
+
+def usage() -> str:
+    lines = ["usage: [--config FILE.yaml] [section.key=value ...]", ""]
+    for section in ("data", "train", "run"):
+        cls = typing.get_type_hints(ExperimentConfig)[section]
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            choices = f.metadata.get("choices")
+            extra = f"  (one of {', '.join(choices)})" if choices else ""
+            lines.append(f"  {section}.{f.name}={default}{extra}")
+    lines.append("  model.name=lstm|gru|rnn_tanh|rnn_relu|transformer  plus that model's keys (model.hidden_size=...)")
+    return "\n".join(lines)
+
+
+def dump_yaml(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,100 @@
+"""config -> data -> model -> Trainer -> metrics -> result.json. Recipes and the CLI call `run_experiment`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import GradientAccumulationPlugin, set_seed
+
+from nlprnn.config import ExperimentConfig, dump_yaml
+from nlprnn.io import atomic_write_text
+from nlprnn.metrics import hardware, peak_memory_bytes
+from nlprnn.models import build_model
+from nlprnn.results import command_line, git_commit, write_record
+from nlprnn.train.loop import Trainer
+from nlprnn.train.tasks import TASKS
+
+
+def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
+    tracker = cfg.run.tracker
+    if tracker == "auto":
+        try:
+            import tensorboard  # noqa: F401
+
+            tracker = "tensorboard"
+        except ImportError:
+            tracker = "none"
+    # Our batches are not a prepared DataLoader, so accumulation counts micro-steps across epoch ends.
+    plugin = GradientAccumulationPlugin(num_steps=cfg.train.grad_accum_steps, sync_with_dataloader=False)
+    accelerator = Accelerator(gradient_accumulation_plugin=plugin, project_dir=cfg.run.dir,
+                              log_with=None if tracker == "none" else tracker)
+    if tracker != "none":
+        flat = _flatten(cfg.to_dict())
+        accelerator.init_trackers("tensorboard", config=flat)
+    return accelerator
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig, accelerator: Accelerator | None = None) -> dict:
+    accelerator = accelerator or make_accelerator(cfg)
+    provenance = {"git_commit": git_commit(), "command": command_line()}  # the code as it was at start
+    run_dir = Path(cfg.run.dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    set_seed(cfg.train.seed)
+    task = TASKS[cfg.task](cfg, accelerator)
+    model = build_model(cfg.model_name, cfg.model_config(**task.model_values()))
+    trainer = Trainer(task, model, cfg, accelerator)
+    state = trainer.fit()
+    trainer.restore_best()
+
+    best = next(h for h in state.history if h["step"] == state.best_step)
+    valid = {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")}
+    test = task.evaluate(trainer.model, "test")
+    test_tokens = test["tokens"]
+    record = {
+        "task": cfg.task,
+        "dataset": task.dataset,
+        "model": cfg.model_name,
+        "params": trainer.unwrapped.param_counts(),
+        "metrics": {"valid_ppl": valid["ppl"], "test_ppl": test["ppl"],
+                    "valid_nll": valid["nll"], "test_nll": test["nll"]},
+        "train": {
+            "tokens_per_second": state.train_tokens / state.train_seconds if state.train_seconds else 0.0,
+            "wall_seconds": state.wall_seconds,
+            "train_seconds": state.train_seconds,
+            "steps": state.step,
+            "epochs": state.epoch + state.batch / max(task.num_train_batches, 1),
+            "stop_reason": state.stop_reason,
+            "best_step": state.best_step,
+            "nonfinite_steps": state.nonfinite_total,
+            "history": state.history,
+        },
+        "inference": {"test_seconds": task.eval_seconds["test"],
+                      "tokens_per_second": test_tokens / task.eval_seconds["test"]},
+        "data": task.data_record(),
+        "peak_memory_bytes": peak_memory_bytes(accelerator.device),
+        "hardware": hardware(accelerator),
+        "seed": cfg.train.seed,
+        **provenance,
+        "config": cfg.to_dict(),
+    }
+    if accelerator.is_main_process:
+        write_record(run_dir / "result.json", record)
+        print(f"valid ppl {valid['ppl']:.2f} | test ppl {test['ppl']:.2f} | "
+              f"{record['train']['tokens_per_second']:.0f} tokens/s | {state.wall_seconds / 60:.1f} min "
+              f"| {state.stop_reason} -> {run_dir / 'result.json'}")
+    accelerator.end_training()
+    return record

@@ -1,0 +1,286 @@
+"""The one training loop, on HF Accelerate, for every task and model.
+
+The loop knows nothing about tasks: a task turns a batch into a loss and a split into metrics (see
+`tasks.py`). The loop owns everything around that — accumulation, clipping, the learning-rate schedule,
+evaluation, early stopping, budgets, non-finite steps, checkpoints and exact resume.
+
+Exact resume: a checkpoint is taken only at an optimizer-step boundary (no half-accumulated gradient is
+lost) and holds the model, optimizer, RNG of every process and the Accelerate step counter
+(`accelerator.save_state`), the task's per-process carried state (safetensors), and this loop's
+counters and data position (JSON). It is written under a temporary name and renamed into place, so a
+kill at any moment leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from nlprnn.config import ExperimentConfig
+from nlprnn.errors import NlprnnError
+from nlprnn.hub import save_pretrained
+from nlprnn.io import atomic_write_json
+from nlprnn.metrics import synchronize
+from nlprnn.train.optim import LRSchedule, build_optimizer
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimizer steps taken (skipped non-finite steps included)
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # next batch index within the current epoch
+    best_metric: float | None = None
+    best_step: int = -1
+    evals_without_improvement: int = 0
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+    train_seconds: float = 0.0  # time in training steps only (for tokens/s)
+    wall_seconds: float = 0.0  # all of fit(): training, evaluation and checkpoints
+    train_tokens: int = 0  # summed over processes
+    stop_reason: str = ""
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, task, model: torch.nn.Module, cfg: ExperimentConfig, accelerator):
+        self.task = task
+        self.cfg = cfg
+        self.tc = cfg.train
+        self.accelerator = accelerator
+        self.model, self.optimizer = accelerator.prepare(model, build_optimizer(model, cfg.train))
+        self.steps_per_epoch = math.ceil(task.num_train_batches / self.tc.grad_accum_steps)
+        total = self.tc.max_steps or self.tc.epochs * self.steps_per_epoch
+        self.schedule = LRSchedule(cfg.train, total, task.higher_is_better)
+        self.state = TrainerState()
+        self.run_dir = Path(cfg.run.dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.best_weights: dict | None = None
+        self._checkpoint_due = False
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def log(self, values: dict) -> None:
+        self.accelerator.log(values, step=self.state.step)
+
+    def fit(self) -> TrainerState:
+        if self.cfg.run.resume:
+            self.resume()
+        st, tc, acc = self.state, self.tc, self.accelerator
+        fit_start = time.perf_counter() - st.wall_seconds
+        bar = tqdm(total=self.task.num_train_batches, initial=st.batch, dynamic_ncols=True, leave=False,
+                   disable=not (acc.is_main_process and self.cfg.run.progress), desc=f"epoch {st.epoch + 1}")
+        window_loss, window_tokens, window_time = 0.0, 0, 0.0
+        while not st.stop_reason:
+            if st.epoch >= tc.epochs:
+                st.stop_reason = "epochs"
+                break
+            for index, batch in self.task.train_batches(st.epoch, start=st.batch):
+                t0 = time.perf_counter()
+                self.model.train()
+                with acc.accumulate(self.model):
+                    loss, tokens = self.task.train_loss(self.model, batch)
+                    acc.backward(loss)
+                    stepped = acc.sync_gradients
+                    if stepped:
+                        self._optimizer_step(loss)
+                synchronize(acc.device)
+                elapsed = time.perf_counter() - t0
+                st.batch = index + 1
+                st.train_seconds += elapsed
+                st.train_tokens += tokens * acc.num_processes
+                window_loss += float(loss.detach()) * tokens
+                window_tokens += tokens
+                window_time += elapsed
+                bar.update(1)
+                if not stepped:
+                    continue
+                st.wall_seconds = time.perf_counter() - fit_start
+                if st.step % tc.log_every == 0 and window_tokens:
+                    mean = window_loss / window_tokens
+                    speed = window_tokens * acc.num_processes / window_time
+                    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}", tok_s=f"{speed:.0f}")
+                    self.log({"train/loss": mean, "train/ppl": math.exp(min(mean, 50)),
+                              "train/tokens_per_second": speed, "train/lr": self.optimizer.param_groups[0]["lr"],
+                              "train/grad_norm": self._last_grad_norm})
+                    window_loss, window_tokens, window_time = 0.0, 0, 0.0
+                if tc.eval_every and st.step % tc.eval_every == 0:
+                    self.evaluate()
+                if tc.checkpoint_every and st.step % tc.checkpoint_every == 0:
+                    self._checkpoint_due = True
+                if tc.max_steps and st.step >= tc.max_steps:
+                    st.stop_reason = "max_steps"
+                elif tc.max_minutes and self._agree(st.wall_seconds > tc.max_minutes * 60):
+                    st.stop_reason = "max_minutes"
+                if self._checkpoint_due or st.stop_reason:
+                    self.save_checkpoint()
+                if st.stop_reason:
+                    break
+                _fault_injection(st.step)
+            else:
+                st.epoch += 1
+                st.batch = 0
+                bar.reset()
+                bar.set_description(f"epoch {st.epoch + 1}")
+                if not tc.eval_every:
+                    self.evaluate()
+                    self._checkpoint_due = True
+                if self._at_step_boundary() and (self._checkpoint_due or st.epoch >= tc.epochs):
+                    self.save_checkpoint()
+        bar.close()
+        # The final weights are a candidate too, e.g. when max_steps ends training between evaluations.
+        if not st.history or st.history[-1]["step"] != st.step:
+            self.evaluate()
+        st.wall_seconds = time.perf_counter() - fit_start
+        if self._at_step_boundary():
+            self.save_checkpoint()
+        return st
+
+    # ----------------------------------------------------------------------------------------------
+    _last_grad_norm = 0.0
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        st, acc = self.state, self.accelerator
+        self.schedule.apply(self.optimizer, st.step)
+        max_norm = self.tc.clip_norm if self.tc.clip_norm > 0 else float("inf")
+        grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), max_norm))
+        self._last_grad_norm = grad_norm
+        # fp16's loss scaler skips overflowing steps by itself; an infinite gradient there is routine.
+        fp16 = acc.mixed_precision == "fp16"
+        finite = math.isfinite(float(loss.detach())) and (fp16 or math.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+            st.nonfinite_in_a_row = 0
+        else:
+            st.nonfinite_in_a_row += 1
+            st.nonfinite_total += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        st.step += 1
+        if st.nonfinite_in_a_row >= self.tc.max_nonfinite:
+            last = self.latest_checkpoint()
+            raise NlprnnError(
+                f"training diverged: {st.nonfinite_in_a_row} non-finite losses or gradients in a row at step "
+                f"{st.step} (train.max_nonfinite={self.tc.max_nonfinite}); no update was applied from them. "
+                f"Last good checkpoint: {last or 'none'}. Try a lower train.lr or train.clip_norm."
+            )
+
+    def _at_step_boundary(self) -> bool:
+        return self.accelerator.step % self.tc.grad_accum_steps == 0
+
+    def _agree(self, flag: bool) -> bool:
+        """The same decision on every process (each has its own clock)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(t, reduction="max").item())
+
+    # ----------------------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        st = self.state
+        metrics = self.task.evaluate(self.model, "valid")
+        value = metrics[self.task.main_metric]
+        better = self.task.higher_is_better
+        improved = st.best_metric is None or (value > st.best_metric if better else value < st.best_metric)
+        self.schedule.on_eval(value)
+        st.history.append({"step": st.step, "epoch": st.epoch, **{f"valid_{k}": v for k, v in metrics.items()}})
+        self.log({f"valid/{k}": v for k, v in metrics.items()})
+        if improved:
+            st.best_metric, st.best_step, st.evals_without_improvement = value, st.step, 0
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.unwrapped.state_dict().items()}
+            if self.cfg.run.save_model and self.accelerator.is_main_process:
+                save_pretrained(self.unwrapped, self.run_dir / "model", vocab=getattr(self.task, "vocab", None))
+        else:
+            st.evals_without_improvement += 1
+            patience = self.tc.early_stopping_patience
+            if patience and st.evals_without_improvement >= patience:
+                st.stop_reason = "early_stopping"
+        if self.accelerator.is_main_process and self.cfg.run.progress:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            tqdm.write(f"step {st.step} epoch {st.epoch}: valid {shown}{' (best)' if improved else ''}")
+        return metrics
+
+    def restore_best(self) -> None:
+        """Put the weights of the best evaluation back (training may have ended past them)."""
+        if self.best_weights is not None:
+            self.unwrapped.load_state_dict(self.best_weights)
+
+    # ----------------------------------------------------------------------------------------------
+    def latest_checkpoint(self) -> Path | None:
+        done = [p for p in self.checkpoint_dir.glob("step-*") if (p / "trainer_state.json").exists()]
+        return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+    def save_checkpoint(self) -> Path:
+        acc, st = self.accelerator, self.state
+        self._checkpoint_due = False
+        final = self.checkpoint_dir / f"step-{st.step:08d}"
+        tmp = self.checkpoint_dir / f".tmp-step-{st.step:08d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=False)  # optimizer/RNG are not safetensors anyway
+        save_file(self.task.state_tensors(), str(tmp / f"task_state_{acc.process_index}.safetensors"))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            atomic_write_json(tmp / "trainer_state.json", {
+                "trainer": dataclasses.asdict(st),
+                "schedule": self.schedule.state_dict(),
+                "num_processes": acc.num_processes,
+            })
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in self.checkpoint_dir.glob("step-*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def resume(self) -> bool:
+        path = self.latest_checkpoint()
+        if path is None:
+            return False
+        acc = self.accelerator
+        saved = json.loads((path / "trainer_state.json").read_text())
+        if saved["num_processes"] != acc.num_processes:
+            raise NlprnnError(f"{path}: written by {saved['num_processes']} processes, resumed with "
+                              f"{acc.num_processes}; resume with the same number (the BPTT streams differ)")
+        acc.load_state(str(path))
+        task_file = path / f"task_state_{acc.process_index}.safetensors"
+        self.task.load_state_tensors(load_file(str(task_file)))
+        self.state = TrainerState(**saved["trainer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        best = self.run_dir / "model" / "model.safetensors"
+        if self.state.best_step >= 0 and best.exists():
+            from nlprnn.hub import load_state_dict_checked
+
+            load_state_dict_checked(model := _clone_structure(self.unwrapped), best)
+            self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if acc.is_main_process and self.cfg.run.progress:
+            tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch}, "
+                       f"batch {self.state.batch})")
+        return True
+
+
+def _clone_structure(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _fault_injection(step: int) -> None:
+    """Tests kill the process hard after a given step to prove resume is exact (NLPRNN_KILL_AFTER_STEP)."""
+    target = os.environ.get("NLPRNN_KILL_AFTER_STEP")
+    if target and step == int(target):
+        os._exit(137)
