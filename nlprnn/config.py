@@ -250,9 +250,10 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
             raise NlprnnError(f"override '{item}': expected key=value, e.g. train.lr=0.5")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), raw)
-    model = tree.pop("model", None) or {"name": "lstm"}
-    if not isinstance(model, dict) or "name" not in model:
+    model = tree.pop("model", None) or {}
+    if not isinstance(model, dict):
         raise NlprnnError("model: expected a mapping with a 'name' (e.g. lstm, gru, rnn_tanh, transformer)")
+    model = {"name": ExperimentConfig().model_name, **model}
     config = from_dict(ExperimentConfig, tree, "")
     # Resolve the model section against the model's own dataclass now, so its errors come at start-up too,
     # and record every default so the result file states the full configuration.

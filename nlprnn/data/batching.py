@@ -21,6 +21,7 @@ import torch
 from nlprnn.data.corpora import TextSplit, lm_tokens
 from nlprnn.data.vocab import WordVocab
 from nlprnn.errors import NlprnnError, located
+from nlprnn.io import atomic_write_json
 
 # Bump when the token file layout or lm_tokens changes, so old caches are ignored rather than misread.
 TOKEN_FORMAT_VERSION = 1
@@ -42,7 +43,7 @@ def encode_lm_split(split: TextSplit, vocab: WordVocab, cache_dir: str | Path) -
     stats = _read_valid_stats(tokens_path, stats_path)
     if stats is None:
         stats = _encode_to_file(split, vocab, tokens_path)
-        _write_json_atomic(stats_path, stats)
+        atomic_write_json(stats_path, stats)
     if stats["tokens"] == 0:
         return np.zeros(0, dtype=TOKEN_DTYPE)  # np.memmap cannot map an empty file
     return np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r")
@@ -107,17 +108,6 @@ def _encode_to_file(split: TextSplit, vocab: WordVocab, tokens_path: Path) -> di
         Path(tmp).unlink(missing_ok=True)
         raise
     return {"tokens": n_tokens, "unk_tokens": n_unk, "lines": n_lines, "source": split.location}
-
-
-def _write_json_atomic(path: Path, document: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class BPTTStreams:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2
 
 from nlprnn.errors import NlprnnError, located
+from nlprnn.io import atomic_write_bytes
 
 MODEL_FILENAME = "spm.model"
 MODEL_TYPES = ("bpe", "unigram")
@@ -120,15 +119,7 @@ class SentencePieceTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / MODEL_FILENAME
-        # Same-directory temp file + os.replace: a killed run leaves the old model or the new one, never half.
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{MODEL_FILENAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._proto)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, self._proto)
         return path
 
     def encode(self, text: str) -> list[int]:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from nlprnn.errors import NlprnnError, located
+from nlprnn.io import atomic_write_bytes
 
 UNK = "<unk>"
 EOS = "<eos>"
@@ -152,7 +151,7 @@ class WordVocab:
             "unk": self._unk,
         }
         text = json.dumps(document, ensure_ascii=False, indent=0)
-        _write_atomic(Path(path), text.encode("utf-8"))
+        atomic_write_bytes(path, text.encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> WordVocab:
@@ -185,17 +184,3 @@ class WordVocab:
             return cls(itos, counts, unk=unk)
         except NlprnnError as error:
             raise located(path, None, str(error)) from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # A temp file in the same directory makes os.replace a same-filesystem rename, so readers see
-    # either the old file or the complete new one, never a torn write.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 
@@ -27,7 +29,10 @@ def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
             tracker = "none"
     # Our batches are not a prepared DataLoader, so accumulation counts micro-steps across epoch ends.
     plugin = GradientAccumulationPlugin(num_steps=cfg.train.grad_accum_steps, sync_with_dataloader=False)
-    accelerator = Accelerator(gradient_accumulation_plugin=plugin, project_dir=cfg.run.dir,
+    # Accelerate only forms a gloo group on a GPU-less machine when told it runs on the CPU; without this,
+    # `accelerate launch --multi_gpu --num_processes 2` there starts two unrelated single-process runs.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(gradient_accumulation_plugin=plugin, project_dir=cfg.run.dir, cpu=multi_cpu,
                               log_with=None if tracker == "none" else tracker)
     if tracker != "none":
         flat = _flatten(cfg.to_dict())

@@ -206,7 +206,7 @@ class Trainer:
             patience = self.tc.early_stopping_patience
             if patience and st.evals_without_improvement >= patience:
                 st.stop_reason = "early_stopping"
-        if self.accelerator.is_main_process and self.cfg.run.progress:
+        if self.accelerator.is_main_process:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             tqdm.write(f"step {st.step} epoch {st.epoch}: valid {shown}{' (best)' if improved else ''}")
         return metrics
@@ -267,7 +267,7 @@ class Trainer:
 
             load_state_dict_checked(model := _clone_structure(self.unwrapped), best)
             self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if acc.is_main_process and self.cfg.run.progress:
+        if acc.is_main_process:
             tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch}, "
                        f"batch {self.state.batch})")
         return True
