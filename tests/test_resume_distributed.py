@@ -83,3 +83,13 @@ def test_validation_perplexity_does_not_depend_on_process_count(lm_corpus, tmp_p
     assert rb["valid_ppl"] == pytest.approx(ra["valid_ppl"], rel=1e-7)
     assert rb["test_ppl"] == pytest.approx(ra["test_ppl"], rel=1e-7)
     assert rb["valid_ppl"] != pytest.approx(ra["valid_ppl"] * 1.001, rel=1e-7)  # the check can fail
+
+
+def test_two_processes_with_adaptive_softmax_tail_clusters_unused_in_some_batches(lm_corpus, tmp_path):
+    # Cutoff 22 of 24 words: the tail holds the two rarest words, absent from many 2x8-token batches.
+    settings = {"model.head": "adaptive", "model.adaptive_cutoffs": "[22]", "train.max_steps": 12}
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(tiny_lm_overrides(lm_corpus, one, **settings))
+    launch(tiny_lm_overrides(lm_corpus, two, **settings), processes=2)
+    a, b = final_weights(one), final_weights(two)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, set_seed
 
 from nlprnn.config import ExperimentConfig, dump_yaml
 from nlprnn.io import atomic_write_text
@@ -32,8 +32,10 @@ def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
     # Accelerate only forms a gloo group on a GPU-less machine when told it runs on the CPU; without this,
     # `accelerate launch --multi_gpu --num_processes 2` there starts two unrelated single-process runs.
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # The adaptive softmax skips tail clusters that no target of a batch falls into; DDP must expect that.
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.model.get("head") == "adaptive" else []
     accelerator = Accelerator(gradient_accumulation_plugin=plugin, project_dir=cfg.run.dir, cpu=multi_cpu,
-                              log_with=None if tracker == "none" else tracker)
+                              kwargs_handlers=handlers, log_with=None if tracker == "none" else tracker)
     if tracker != "none":
         flat = _flatten(cfg.to_dict())
         accelerator.init_trackers("tensorboard", config=flat)

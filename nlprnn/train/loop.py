@@ -30,7 +30,6 @@ from nlprnn.config import ExperimentConfig
 from nlprnn.errors import NlprnnError
 from nlprnn.hub import save_pretrained
 from nlprnn.io import atomic_write_json
-from nlprnn.metrics import synchronize
 from nlprnn.train.optim import LRSchedule, build_optimizer
 
 
@@ -94,14 +93,13 @@ class Trainer:
                     loss, tokens = self.task.train_loss(self.model, batch)
                     acc.backward(loss)
                     stepped = acc.sync_gradients
-                    if stepped:
-                        self._optimizer_step(loss)
-                synchronize(acc.device)
+                    # One host sync per step (it also ends the step's GPU work, so the timing is right).
+                    loss_value = self._optimizer_step(loss) if stepped else float(loss.detach())
                 elapsed = time.perf_counter() - t0
                 st.batch = index + 1
                 st.train_seconds += elapsed
                 st.train_tokens += tokens * acc.num_processes
-                window_loss += float(loss.detach()) * tokens
+                window_loss += loss_value * tokens
                 window_tokens += tokens
                 window_time += elapsed
                 bar.update(1)
@@ -151,15 +149,17 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     _last_grad_norm = 0.0
 
-    def _optimizer_step(self, loss: torch.Tensor) -> None:
+    def _optimizer_step(self, loss: torch.Tensor) -> float:
+        """Clip, check, step; returns the loss as a float."""
         st, acc = self.state, self.accelerator
         self.schedule.apply(self.optimizer, st.step)
         max_norm = self.tc.clip_norm if self.tc.clip_norm > 0 else float("inf")
-        grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+        loss_value, grad_norm = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
         self._last_grad_norm = grad_norm
         # fp16's loss scaler skips overflowing steps by itself; an infinite gradient there is routine.
         fp16 = acc.mixed_precision == "fp16"
-        finite = math.isfinite(float(loss.detach())) and (fp16 or math.isfinite(grad_norm))
+        finite = math.isfinite(loss_value) and (fp16 or math.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
             st.nonfinite_in_a_row = 0
@@ -175,6 +175,7 @@ class Trainer:
                 f"{st.step} (train.max_nonfinite={self.tc.max_nonfinite}); no update was applied from them. "
                 f"Last good checkpoint: {last or 'none'}. Try a lower train.lr or train.clip_norm."
             )
+        return loss_value
 
     def _at_step_boundary(self) -> bool:
         return self.accelerator.step % self.tc.grad_accum_steps == 0
