@@ -93,3 +93,14 @@ def test_two_processes_with_adaptive_softmax_tail_clusters_unused_in_some_batche
     launch(tiny_lm_overrides(lm_corpus, two, **settings), processes=2)
     a, b = final_weights(one), final_weights(two)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_finished_run_continues_when_its_limit_is_raised(lm_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    launch(tiny_lm_overrides(lm_corpus, run_dir, **{"train.max_steps": 4}))
+    out = launch(tiny_lm_overrides(lm_corpus, run_dir, **{"train.max_steps": 4}))
+    assert "resumed from" in out.stdout and json.loads((run_dir / "result.json").read_text())["train"]["steps"] == 4
+    launch(tiny_lm_overrides(lm_corpus, run_dir, **{"train.max_steps": 7}))
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["train"]["steps"] == 7 and record["train"]["stop_reason"] == "max_steps"
+    assert [h["step"] for h in record["train"]["history"]] == [4, 7]

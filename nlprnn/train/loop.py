@@ -82,9 +82,9 @@ class Trainer:
         bar = tqdm(total=self.task.num_train_batches, initial=st.batch, dynamic_ncols=True, leave=False,
                    disable=not (acc.is_main_process and self.cfg.run.progress), desc=f"epoch {st.epoch + 1}")
         window_loss, window_tokens, window_time = 0.0, 0, 0.0
-        while not st.stop_reason:
-            if st.epoch >= tc.epochs:
-                st.stop_reason = "epochs"
+        while True:
+            st.stop_reason = self._stop_reason()
+            if st.stop_reason:
                 break
             for index, batch in self.task.train_batches(st.epoch, start=st.batch):
                 t0 = time.perf_counter()
@@ -118,14 +118,11 @@ class Trainer:
                     self.evaluate()
                 if tc.checkpoint_every and st.step % tc.checkpoint_every == 0:
                     self._checkpoint_due = True
-                if tc.max_steps and st.step >= tc.max_steps:
-                    st.stop_reason = "max_steps"
-                elif tc.max_minutes and self._agree(st.wall_seconds > tc.max_minutes * 60):
-                    st.stop_reason = "max_minutes"
-                if self._checkpoint_due or st.stop_reason:
-                    self.save_checkpoint()
+                st.stop_reason = self._stop_reason()
                 if st.stop_reason:
-                    break
+                    break  # the checkpoint after the final evaluation below covers this step
+                if self._checkpoint_due:
+                    self.save_checkpoint()
                 _fault_injection(st.step)
             else:
                 st.epoch += 1
@@ -135,7 +132,7 @@ class Trainer:
                 if not tc.eval_every:
                     self.evaluate()
                     self._checkpoint_due = True
-                if self._at_step_boundary() and (self._checkpoint_due or st.epoch >= tc.epochs):
+                if self._at_step_boundary() and self._checkpoint_due and st.epoch < tc.epochs:
                     self.save_checkpoint()
         bar.close()
         # The final weights are a candidate too, e.g. when max_steps ends training between evaluations.
@@ -177,6 +174,19 @@ class Trainer:
             )
         return loss_value
 
+    def _stop_reason(self) -> str:
+        """Why training should stop now ("" to go on); checked again after a resume with new limits."""
+        st, tc = self.state, self.tc
+        if st.epoch >= tc.epochs:
+            return "epochs"
+        if tc.max_steps and st.step >= tc.max_steps:
+            return "max_steps"
+        if tc.early_stopping_patience and st.evals_without_improvement >= tc.early_stopping_patience:
+            return "early_stopping"
+        if tc.max_minutes and self._agree(st.wall_seconds > tc.max_minutes * 60):
+            return "max_minutes"
+        return ""
+
     def _at_step_boundary(self) -> bool:
         return self.accelerator.step % self.tc.grad_accum_steps == 0
 
@@ -204,9 +214,6 @@ class Trainer:
                 save_pretrained(self.unwrapped, self.run_dir / "model", vocab=getattr(self.task, "vocab", None))
         else:
             st.evals_without_improvement += 1
-            patience = self.tc.early_stopping_patience
-            if patience and st.evals_without_improvement >= patience:
-                st.stop_reason = "early_stopping"
         if self.accelerator.is_main_process:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             tqdm.write(f"step {st.step} epoch {st.epoch}: valid {shown}{' (best)' if improved else ''}")
@@ -260,7 +267,7 @@ class Trainer:
         acc.load_state(str(path))
         task_file = path / f"task_state_{acc.process_index}.safetensors"
         self.task.load_state_tensors(load_file(str(task_file)))
-        self.state = TrainerState(**saved["trainer"])
+        self.state = TrainerState(**{**saved["trainer"], "stop_reason": ""})
         self.schedule.load_state_dict(saved["schedule"])
         best = self.run_dir / "model" / "model.safetensors"
         if self.state.best_step >= 0 and best.exists():
