@@ -13,14 +13,14 @@ from conftest import REPO, tiny_lm_overrides
 pytestmark = pytest.mark.slow
 
 
-def launch(overrides, processes=1, env=None, check=True):
+def launch(overrides, processes=1, env=None, check=True, precision=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    if processes == 1:
+    if processes == 1 and precision is None:
         cmd = [sys.executable, str(REPO / "recipes" / "lm.py"), *overrides]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-               str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "recipes" / "lm.py"), *overrides]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", *(["--multi_gpu"] if processes > 1 else []),
+               "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", precision or "no",
+               "--dynamo_backend", "no", str(REPO / "recipes" / "lm.py"), *overrides]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
@@ -104,3 +104,11 @@ def test_finished_run_continues_when_its_limit_is_raised(lm_corpus, tmp_path):
     record = json.loads((run_dir / "result.json").read_text())
     assert record["train"]["steps"] == 7 and record["train"]["stop_reason"] == "max_steps"
     assert [h["step"] for h in record["train"]["history"]] == [4, 7]
+
+
+def test_mixed_precision_comes_from_the_launcher(lm_corpus, tmp_path):
+    run_dir = tmp_path / "bf16"
+    launch(tiny_lm_overrides(lm_corpus, run_dir, **{"train.max_steps": 5}), precision="bf16")
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["hardware"]["mixed_precision"] == "bf16" and "--mixed_precision bf16" in record["command"]
+    assert record["metrics"]["valid_ppl"] < 2 * record["data"]["vocab_size"]

@@ -150,7 +150,13 @@ class RNNLM(nn.Module):
     def _run_rnn(self, input_ids: torch.Tensor, state):
         """Embed and run the recurrent stack: hidden states (B, T, H) after output dropout, and the new state."""
         embedded = self.dropout(self.embedding(input_ids))
-        output, new_state = self.rnn(embedded, state)
+        if self.config.cell == "lstm" and embedded.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no reduced-precision LSTM on many CPUs ("could not create a primitive descriptor"),
+            # so `accelerate launch --mixed_precision bf16` on a CPU runs the LSTM itself in float32.
+            with torch.autocast("cpu", enabled=False):
+                output, new_state = self.rnn(embedded.float(), state)
+        else:
+            output, new_state = self.rnn(embedded, state)
         return self.dropout(output), new_state
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, state=None):
