@@ -68,8 +68,17 @@ def command_line() -> str:
         precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
         if precision != "no":
             launch += ["--mixed_precision", precision]
+        if os.environ.get("OMP_NUM_THREADS") and not _cuda_available():
+            # The launcher sets OMP_NUM_THREADS (1 unless told): CPU speed depends on it.
+            launch += ["--num_cpu_threads_per_process", os.environ["OMP_NUM_THREADS"]]
         return shlex.join(launch + argv)
     return shlex.join(["python", *argv] if argv[0].endswith(".py") else argv)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def now_iso() -> str:

@@ -36,6 +36,11 @@ def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.model.get("head") == "adaptive" else []
     accelerator = Accelerator(gradient_accumulation_plugin=plugin, project_dir=cfg.run.dir, cpu=multi_cpu,
                               kwargs_handlers=handlers, log_with=None if tracker == "none" else tracker)
+    cores = os.cpu_count() or 1
+    if accelerator.device.type == "cpu" and torch.get_num_threads() * accelerator.num_processes < cores:
+        accelerator.print(f"nlprnn: note: {accelerator.num_processes} process(es) x {torch.get_num_threads()} "
+                          f"thread(s) on {cores} CPU cores; `accelerate launch` sets OMP_NUM_THREADS=1 unless "
+                          f"given --num_cpu_threads_per_process {cores // accelerator.num_processes}")
     if tracker != "none":
         flat = _flatten(cfg.to_dict())
         accelerator.init_trackers("tensorboard", config=flat)
