@@ -1,4 +1,4 @@
-"""`nlprnn train | evaluate | generate`: the command line over the library.
+"""`nlprnn train | evaluate | generate | translate | tag`: the command line over the library.
 
 Errors a user can fix (`NlprnnError`) are printed as one line, without a traceback, and exit with 2.
 """
@@ -80,6 +80,80 @@ def cmd_generate(args, rest: list[str]) -> None:
     print(text)
 
 
+def cmd_translate(args, rest: list[str]) -> None:
+    import itertools
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from nlprnn.decoding import translate_texts
+    from nlprnn.hub import from_pretrained, load_tokenizers
+
+    _no_extra(rest)
+    model, _ = from_pretrained(args.model, "cuda" if torch.cuda.is_available() else "cpu")
+    tokenizers = load_tokenizers(args.model)
+    if set(tokenizers) != {"src", "tgt"}:
+        raise NlprnnError(f"{args.model}: not a translation checkpoint (no src/tgt tokenizers in config.json)")
+    if args.n_best > args.beam:
+        raise NlprnnError(f"--n-best {args.n_best} is more than --beam {args.beam}")
+    source = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    # Read a block, translate it, write it: output starts at once and memory stays flat for any input size.
+    block = 8 * args.batch_size
+    with tqdm(unit=" sentences", file=sys.stderr, disable=args.quiet) as bar:
+        lines = []
+        for line in itertools.chain(source, [None]):
+            if line is not None:
+                lines.append(line.rstrip("\n"))
+            if lines and (line is None or len(lines) == block):
+                for nbest in translate_texts(model, tokenizers, lines, args.beam, args.alpha, args.max_ratio,
+                                             args.n_best, args.batch_size):
+                    print("\n".join(nbest) if args.n_best > 1 else nbest[0], flush=False)
+                sys.stdout.flush()
+                bar.update(len(lines))
+                lines = []
+    if args.input:
+        source.close()
+
+
+def cmd_tag(args, rest: list[str]) -> None:
+    from nlprnn.data.tags import convert
+    from nlprnn.data.vocab import WordVocab
+    from nlprnn.hub import from_pretrained, read_checkpoint_config
+    from nlprnn.train.tagging import tag_sentences
+
+    _no_extra(rest)
+    model, words = from_pretrained(args.model)
+    config = read_checkpoint_config(args.model)
+    if "char_vocab" not in config or words is None:
+        raise NlprnnError(f"{args.model}: not a tagger checkpoint (no char_vocab in config.json)")
+    chars = WordVocab(config["char_vocab"])
+    options = config["normalise"]
+    source = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    # --format lines: one sentence per line, tokens separated by whitespace; conll: token in the first column,
+    # a blank line between sentences, -DOCSTART- lines skipped.
+    sentences, current = [], []
+    for line in source:
+        columns = line.split()
+        if args.format == "lines":
+            if columns:
+                sentences.append(columns)
+        elif columns and columns[0] != "-DOCSTART-":
+            current.append(columns[0])
+        elif current:
+            sentences.append(current)
+            current = []
+    if current:
+        sentences.append(current)
+    if args.input:
+        source.close()
+    scheme = config["config"]["tag_scheme"]
+    for tokens, tags in zip(sentences, tag_sentences(model, words, chars, config["config"]["tags"], sentences,
+                                                     options["lowercase"], options["digits_to_zero"])):
+        for token, tag in zip(tokens, convert(tags, scheme, args.scheme)):
+            print(f"{token}\t{tag}")
+        print()
+
+
 def _no_extra(rest: list[str]) -> None:
     if rest:
         raise NlprnnError(f"unexpected arguments: {' '.join(rest)}")
@@ -90,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model from a YAML config with key=value overrides")
     p.add_argument("--config", "-c", help="YAML config, e.g. recipes/configs/lm/wikitext2_lstm.yaml")
-    p.add_argument("--task", default="lm", choices=["lm"])
+    p.add_argument("--task", default="lm", choices=["lm", "mt", "ner"])
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("evaluate", help="perplexity of a saved language model on a split")
     p.add_argument("--model", required=True, help="checkpoint directory (save_pretrained)")
@@ -108,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely words; 0 = all")
     p.add_argument("--seed", type=int, default=1111)
     p.set_defaults(fn=cmd_generate)
+    p = sub.add_parser("translate", help="translate sentences (one per line) with a saved translation model")
+    p.add_argument("--model", required=True, help="checkpoint directory (save_pretrained)")
+    p.add_argument("--input", default=None, help="text file, one sentence per line (default: stdin)")
+    p.add_argument("--beam", type=int, default=5, help="beam size; 1 = greedy")
+    p.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty exponent")
+    p.add_argument("--max-ratio", type=float, default=2.0, help="longest output, as a multiple of the source")
+    p.add_argument("--n-best", type=int, default=1, help="write this many translations per sentence")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_translate)
+    p = sub.add_parser("tag", help="tag tokenised sentences (one per line, or CoNLL columns) with a saved tagger")
+    p.add_argument("--model", required=True, help="checkpoint directory (save_pretrained)")
+    p.add_argument("--input", default=None, help="text file (default: stdin)")
+    p.add_argument("--format", default="lines", choices=["lines", "conll"], help="input layout")
+    p.add_argument("--scheme", default="iob2", choices=["iob1", "iob2", "bioes"], help="tag scheme of the output")
+    p.set_defaults(fn=cmd_tag)
     return parser
 
 

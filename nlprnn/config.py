@@ -27,6 +27,8 @@ def choice(default, *choices, help: str = ""):
 
 @dataclass
 class DataConfig:
+    """Language modelling data (task lm)."""
+
     path: str = "../shared/data/wikitext-2"  # local folder with train/valid/test files, or a hub dataset id
     name: str | None = None  # hub dataset configuration, e.g. "wikitext-2-v1"
     min_freq: int = 1
@@ -35,6 +37,47 @@ class DataConfig:
     eval_batch_size: int = 10
     bptt: int = 35
     cache_dir: str | None = None  # where encoded token files live; default ~/.cache/nlprnn
+
+
+@dataclass
+class TranslationDataConfig:
+    """Translation data (task mt): a folder of <split>.<lang> files or a hub dataset with one column per language."""
+
+    path: str = "../shared/data/multi30k"
+    name: str | None = None  # hub dataset configuration
+    src: str = "de"
+    tgt: str = "en"
+    train_split: str = "train"  # stored split names (Multi30k's test set is test2016)
+    valid_split: str = "valid"
+    test_split: str = "test2016"
+    joint_vocab: bool = True  # one SentencePiece model for both languages
+    vocab_size: int = 8000  # SentencePiece pieces (per language when not joint)
+    spm_model_type: str = choice("bpe", "bpe", "unigram")
+    max_length: int = 100  # pieces; longer training pairs are skipped and counted
+    max_tokens: int = 4096  # padded tokens per training batch (global, split across processes)
+    eval_batch_size: int = 64  # sentences per decoding batch
+    valid_subset: int = 0  # sentences of the valid split scored with BLEU during training; 0 = all
+
+
+@dataclass
+class TaggingDataConfig:
+    """Sequence labelling data (task ner): a folder of CoNLL column files train.txt / valid.txt / test.txt."""
+
+    path: str = "../shared/data/conll2003"
+    token_column: int = 0
+    tag_column: int = -1  # negative counts from the end
+    file_scheme: str = choice("iob1", "iob1", "iob2", "bioes", help="the scheme the files are written in")
+    tag_scheme: str = choice("bioes", "iob1", "iob2", "bioes", help="the scheme the model is trained in")
+    strict: bool = False  # reject tag sequences the file scheme does not allow (else read them like conlleval)
+    lowercase: bool = False  # word embeddings of lower-cased words (character features keep the case)
+    digits_to_zero: bool = True  # 1984 and 2011 share a word vector: 0000
+    min_freq: int = 1
+    batch_size: int = 10  # sentences per training batch (global, split across processes)
+    eval_batch_size: int = 128
+
+
+DATA_CONFIGS = {"lm": DataConfig, "mt": TranslationDataConfig, "ner": TaggingDataConfig}
+DEFAULT_MODELS = {"lm": "lstm", "mt": "gru_attn", "ner": "birnn_tagger"}
 
 
 @dataclass
@@ -60,6 +103,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps between resumable checkpoints; 0 = at every evaluation
     log_every: int = 50
     max_nonfinite: int = 5  # consecutive non-finite losses/gradients tolerated before stopping
+    label_smoothing: float = 0.0  # sentence tasks: cross-entropy against (1 - e) one-hot + e uniform
+    metric: str = "auto"  # validation metric for best model, plateau and early stopping; auto = the task's own
 
 
 @dataclass
@@ -72,12 +117,36 @@ class RunConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """Translation output: beam search settings for the test set and for validation BLEU during training."""
+
+    beam_size: int = 5
+    alpha: float = 0.6  # GNMT length penalty exponent; 0 ranks by log-probability alone
+    max_ratio: float = 2.0  # an output may have at most ceil(max_ratio x source pieces) pieces
+    valid_beam_size: int = 1  # beam for validation BLEU during training (1 = greedy, the fastest)
+
+
+@dataclass
+class LightRNNRoundsConfig:
+    """Light RNN's bootstrap: train a round, re-allocate the words in the table, train the next round."""
+
+    rounds: int = 0  # > 0: train rounds x epochs_per_round epochs (this sets train.epochs); 0: train.epochs
+    epochs_per_round: int = 1  # re-allocate after every this many epochs, while training goes on
+    solver: str = choice("sparse", "sparse", "dense", "greedy", "none",
+                         help="none keeps the initial table (an ablation); see nlprnn.models.reallocate")
+    candidates: int = 8  # the sparse solver's k: each word may take cells among its k best rows x k best columns
+    candidate_rule: str = choice("priced", "priced", "plain")
+
+
+@dataclass
 class ExperimentConfig:
-    task: str = choice("lm", "lm")
-    data: DataConfig = field(default_factory=DataConfig)
+    task: str = choice("lm", *DATA_CONFIGS)
+    data: Any = field(default_factory=DataConfig)  # the task's own data dataclass (DATA_CONFIGS)
     model: dict = field(default_factory=lambda: {"name": "lstm"})  # resolved against the model's own config
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    lightrnn: LightRNNRoundsConfig = field(default_factory=LightRNNRoundsConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     @property
     def model_name(self) -> str:
@@ -251,16 +320,45 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), raw)
     model = tree.pop("model", None) or {}
+    data = tree.pop("data", None) or {}
     if not isinstance(model, dict):
         raise NlprnnError("model: expected a mapping with a 'name' (e.g. lstm, gru, rnn_tanh, transformer)")
-    model = {"name": ExperimentConfig().model_name, **model}
+    model = {"name": DEFAULT_MODELS.get(str(tree.get("task", "lm")), "lstm"), **model}
     config = from_dict(ExperimentConfig, tree, "")
+    config.data = from_dict(DATA_CONFIGS[config.task], data, "data")
     # Resolve the model section against the model's own dataclass now, so its errors come at start-up too,
     # and record every default so the result file states the full configuration.
     config.model = {"name": str(model["name"])}
+    _check_model_task(config)
     values = {k: v for k, v in model.items() if k != "name"}
     config.model.update(dataclasses.asdict(config.model_config(**values)))
+    _check_lightrnn_rounds(config)
     return config
+
+
+def _check_model_task(config: ExperimentConfig) -> None:
+    from nlprnn.models import MODELS
+
+    spec = MODELS.get(config.model_name)
+    if spec is not None and spec.task != config.task:
+        fitting = sorted(name for name, other in MODELS.items() if other.task == config.task)
+        raise NlprnnError(f"model.name={config.model_name} is a model for task {spec.task}, not {config.task}; "
+                          f"task {config.task} takes {', '.join(fitting)}")
+
+
+def _check_lightrnn_rounds(config: ExperimentConfig) -> None:
+    rounds = config.lightrnn
+    if rounds.rounds < 0 or rounds.epochs_per_round < 1 or rounds.candidates < 1:
+        raise NlprnnError(f"lightrnn: expected rounds >= 0, epochs_per_round >= 1 and candidates >= 1, got "
+                          f"rounds={rounds.rounds}, epochs_per_round={rounds.epochs_per_round}, "
+                          f"candidates={rounds.candidates}")
+    if config.model_name != "lightrnn":
+        if rounds.rounds:
+            raise NlprnnError(f"lightrnn.rounds={rounds.rounds}: re-allocation rounds need model.name=lightrnn, "
+                              f"got model.name={config.model_name}")
+        return
+    if rounds.rounds:
+        config.train.epochs = rounds.rounds * rounds.epochs_per_round
 
 
 def parse_args(argv: list[str] | None = None, **defaults) -> ExperimentConfig:
@@ -280,23 +378,25 @@ def parse_args(argv: list[str] | None = None, **defaults) -> ExperimentConfig:
         if arg.startswith("--config="):
             config_path = arg.split("=", 1)[1]
         elif arg in ("-h", "--help"):
-            raise SystemExit(usage())
+            raise SystemExit(usage(defaults.get("task", "lm")))
         else:
             rest.append(arg)
         i += 1
     return load_config(config_path, rest, **defaults)
 
 
-def usage() -> str:
+def usage(task: str = "lm") -> str:
+    from nlprnn.models import MODELS
+
     lines = ["usage: [--config FILE.yaml] [section.key=value ...]", ""]
-    for section in ("data", "train", "run"):
-        cls = typing.get_type_hints(ExperimentConfig)[section]
+    for section in ("data", "train", "run", "lightrnn", "decode"):
+        cls = DATA_CONFIGS.get(task, DataConfig) if section == "data" else typing.get_type_hints(ExperimentConfig)[section]
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             choices = f.metadata.get("choices")
             extra = f"  (one of {', '.join(choices)})" if choices else ""
             lines.append(f"  {section}.{f.name}={default}{extra}")
-    lines.append("  model.name=lstm|gru|rnn_tanh|rnn_relu|transformer  plus that model's keys (model.hidden_size=...)")
+    lines.append(f"  model.name={'|'.join(sorted(MODELS))}  plus that model's keys (model.hidden_size=...)")
     return "\n".join(lines)
 
 

@@ -17,30 +17,58 @@ from safetensors.torch import load_file, save_model
 
 from nlprnn.data.vocab import WordVocab
 from nlprnn.errors import NlprnnError
-from nlprnn.io import atomic_directory, atomic_write_json
+from nlprnn.io import atomic_directory, atomic_write_bytes, atomic_write_json
 
 FORMAT = "nlprnn.checkpoint"
 FORMAT_VERSION = 1
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | Path, vocab: WordVocab | None = None,
-                    extra: dict | None = None) -> Path:
-    """Write a checkpoint atomically: a crash leaves the previous checkpoint (if any) intact."""
+                    extra: dict | None = None, tokenizers: dict | None = None) -> Path:
+    """Write a checkpoint atomically: a crash leaves the previous checkpoint (if any) intact.
+
+    `tokenizers` maps a role ("src", "tgt") to a SentencePieceTokenizer; one shared by several roles (a joint
+    vocabulary) is written once, as spm.model, separate ones as spm.<role>.model.
+    """
     directory = Path(directory)
+    tokenizers = tokenizers or {}
+    shared = len({t.fingerprint() for t in tokenizers.values()}) == 1
+    files = {role: "spm.model" if shared else f"spm.{role}.model" for role in tokenizers}
     config = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "model": model.model_name,
         "config": dataclasses.asdict(model.config),
         "vocab_fingerprint": vocab.fingerprint() if vocab is not None else None,
+        **({"tokenizers": {role: {"file": files[role], "fingerprint": t.fingerprint()}
+                           for role, t in tokenizers.items()}} if tokenizers else {}),
         **(extra or {}),
     }
     with atomic_directory(directory) as tmp:
         save_model(model, str(tmp / "model.safetensors"))  # handles tied weights (shared storage)
         if vocab is not None:
             vocab.save(tmp / "vocab.json")
+        for role, tokenizer in tokenizers.items():
+            atomic_write_bytes(tmp / files[role], tokenizer.model_proto)
         atomic_write_json(tmp / "config.json", config)
     return directory
+
+
+def load_tokenizers(directory: str | Path) -> dict:
+    """The SentencePiece tokenizers of a checkpoint, by role, each checked against its recorded fingerprint."""
+    from nlprnn.data.spm import SentencePieceTokenizer
+
+    directory = Path(directory)
+    config = read_checkpoint_config(directory)
+    tokenizers = {}
+    for role, entry in (config.get("tokenizers") or {}).items():
+        path = directory / Path(entry["file"]).name  # a name only: a config cannot point outside the folder
+        tokenizer = SentencePieceTokenizer.load(path)
+        if tokenizer.fingerprint() != entry["fingerprint"]:
+            raise NlprnnError(f"{path}: does not match the {role} tokenizer the model was trained with "
+                              "(fingerprint differs from config.json)")
+        tokenizers[role] = tokenizer
+    return tokenizers
 
 
 def read_checkpoint_config(directory: str | Path) -> dict:

@@ -39,7 +39,8 @@ REQUIRED_NESTED = {
     "params": ("total", "embedding_softmax"),
     "train": ("tokens_per_second", "wall_seconds", "steps", "epochs"),
 }
-REQUIRED_METRICS = {"lm": ("valid_ppl", "test_ppl")}
+REQUIRED_METRICS = {"lm": ("valid_ppl", "test_ppl"), "mt": ("valid_bleu", "test_bleu", "test_chrf", "bleu_signature"),
+                    "ner": ("valid_f1", "test_f1", "per_type")}
 
 
 def git_commit(cwd: str | Path | None = None) -> str:

@@ -25,22 +25,63 @@ SMALL = {
     "gru": dict(embedding_size=8, hidden_size=8),
     "rnn_tanh": dict(embedding_size=8, hidden_size=8),
     "rnn_relu": dict(embedding_size=8, hidden_size=8),
+    "lightrnn": dict(embedding_size=8, hidden_size=8),
     "transformer": dict(d_model=8, n_heads=2, n_layers=1, d_ff=16, context_size=8),
+    "gru_attn": dict(embedding_size=8, hidden_size=8),
+    "lstm_attn": dict(embedding_size=8, hidden_size=8),
+    "transformer_seq2seq": dict(d_model=8, n_heads=2, encoder_layers=1, decoder_layers=1, d_ff=16),
+    "birnn_tagger": dict(embedding_size=8, hidden_size=8, char_embedding_size=4, char_hidden_size=4),
+    "transformer_tagger": dict(embedding_size=8, d_model=8, n_heads=2, n_layers=1, d_ff=16, char_embedding_size=4,
+                               char_hidden_size=4),
 }
+LM_MODELS = sorted(name for name, spec in MODELS.items() if spec.task == "lm")
+MT_MODELS = sorted(name for name, spec in MODELS.items() if spec.task == "mt")
+NER_MODELS = sorted(name for name, spec in MODELS.items() if spec.task == "ner")
 
 
 def test_registry_names():
-    assert sorted(MODELS) == ["gru", "lstm", "rnn_relu", "rnn_tanh", "transformer"]
+    assert LM_MODELS == ["gru", "lightrnn", "lstm", "rnn_relu", "rnn_tanh", "transformer"]
+    assert MT_MODELS == ["gru_attn", "lstm_attn", "transformer_seq2seq"]
+    assert NER_MODELS == ["birnn_tagger", "transformer_tagger"]
     assert sorted(SMALL) == sorted(MODELS)
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", MT_MODELS)
+def test_build_every_translation_model_by_name(name):
+    model = build_model(name, src_vocab_size=11, tgt_vocab_size=7, **SMALL[name])
+    assert model.model_name == name and isinstance(model, MODELS[name].model_cls)
+    src, tgt = torch.randint(4, 11, (2, 5)), torch.randint(4, 7, (2, 3))
+    assert model(src, torch.tensor([5, 5]), tgt).shape == (2, 3, 7)
+    counts = model.param_counts()
+    assert 0 < counts["embedding_softmax"] < counts["total"]
+
+
+@pytest.mark.parametrize("name", NER_MODELS)
+def test_build_every_tagger_by_name(name):
+    tags = ["O", "B-PER", "I-PER", "E-PER", "S-PER"]
+    model = build_model(name, vocab_size=11, char_vocab_size=7, tags=tags, **SMALL[name])
+    words, chars = torch.randint(2, 11, (2, 5)), torch.randint(2, 7, (2, 5, 4))
+    emissions = model(words, chars, torch.ones(2, 5, dtype=torch.bool))
+    assert emissions.shape == (2, 5, 5)
+    counts = model.param_counts()
+    assert 0 < counts["embedding_softmax"] < counts["total"]
+
+
+def test_a_model_must_fit_the_task():
+    with pytest.raises(NlprnnError, match="model.name=gru_attn is a model for task mt, not lm"):
+        load_config(overrides=["model.name=gru_attn"])
+    with pytest.raises(NlprnnError, match="task mt takes gru_attn, lstm_attn, transformer_seq2seq"):
+        load_config(overrides=["task=mt", "model.name=lstm"])
+    assert load_config(overrides=["task=mt"]).model_name == "gru_attn"
+
+
+@pytest.mark.parametrize("name", LM_MODELS)
 def test_build_every_model_by_name(name):
     model = build_model(name, vocab_size=11, **SMALL[name])
     assert model.model_name == name
     assert isinstance(model.config, MODELS[name].config_cls)
     assert isinstance(model, MODELS[name].model_cls)
-    if name != "transformer":
+    if name not in ("transformer", "lightrnn"):
         assert model.config.cell == name
     inputs = torch.randint(0, 11, (2, 5))
     nll, _ = model(inputs, inputs)
@@ -55,7 +96,7 @@ def test_model_config_fills_in_the_implied_cell_and_checks_types():
 
 
 def test_unknown_model_name_lists_the_known_ones():
-    with pytest.raises(NlprnnError, match="gru, lstm, rnn_relu, rnn_tanh, transformer"):
+    with pytest.raises(NlprnnError, match="birnn_tagger, gru, gru_attn, lightrnn, lstm, lstm_attn, rnn_relu"):
         model_config("lstn")
     with pytest.raises(NlprnnError, match="'lstn'"):
         build_model("lstn", vocab_size=5)

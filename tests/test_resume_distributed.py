@@ -13,14 +13,14 @@ from conftest import REPO, tiny_lm_overrides
 pytestmark = pytest.mark.slow
 
 
-def launch(overrides, processes=1, env=None, check=True, precision=None):
+def launch(overrides, processes=1, env=None, check=True, precision=None, recipe="lm.py"):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if processes == 1 and precision is None:
-        cmd = [sys.executable, str(REPO / "recipes" / "lm.py"), *overrides]
+        cmd = [sys.executable, str(REPO / "recipes" / recipe), *overrides]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", *(["--multi_gpu"] if processes > 1 else []),
                "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", precision or "no",
-               "--dynamo_backend", "no", str(REPO / "recipes" / "lm.py"), *overrides]
+               "--dynamo_backend", "no", str(REPO / "recipes" / recipe), *overrides]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")

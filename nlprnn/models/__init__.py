@@ -13,8 +13,12 @@ from torch import nn
 from nlprnn.config import from_dict
 from nlprnn.errors import NlprnnError
 from nlprnn.models.common import count_parameters, detach_state, init_weights
+from nlprnn.models.lightrnn import LightRNN, LightRNNConfig
 from nlprnn.models.rnnlm import RNNLM, RNNLMConfig
+from nlprnn.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from nlprnn.models.tagger import BiRNNTagger, BiRNNTaggerConfig, TransformerTagger, TransformerTaggerConfig
 from nlprnn.models.transformer import TransformerLM, TransformerLMConfig
+from nlprnn.models.transformer_seq2seq import TransformerSeq2Seq, TransformerSeq2SeqConfig
 
 
 @dataclass(frozen=True)
@@ -22,11 +26,17 @@ class ModelSpec:
     config_cls: type
     model_cls: type
     fixed: dict  # config values the name implies, e.g. {"cell": "gru"}
+    task: str = "lm"  # the task whose contract the model follows
 
 
 MODELS: dict[str, ModelSpec] = {
     **{cell: ModelSpec(RNNLMConfig, RNNLM, {"cell": cell}) for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
+    "lightrnn": ModelSpec(LightRNNConfig, LightRNN, {}),
     "transformer": ModelSpec(TransformerLMConfig, TransformerLM, {}),
+    **{f"{cell}_attn": ModelSpec(Seq2SeqConfig, Seq2Seq, {"cell": cell}, "mt") for cell in ("gru", "lstm")},
+    "transformer_seq2seq": ModelSpec(TransformerSeq2SeqConfig, TransformerSeq2Seq, {}, "mt"),
+    "birnn_tagger": ModelSpec(BiRNNTaggerConfig, BiRNNTagger, {}, "ner"),
+    "transformer_tagger": ModelSpec(TransformerTaggerConfig, TransformerTagger, {}, "ner"),
 }
 
 
@@ -73,9 +83,19 @@ def build_model(name: str, config=None, **values) -> nn.Module:
 
 __all__ = [
     "MODELS",
+    "BiRNNTagger",
+    "BiRNNTaggerConfig",
+    "LightRNN",
+    "LightRNNConfig",
     "RNNLM",
     "ModelSpec",
     "RNNLMConfig",
+    "Seq2Seq",
+    "Seq2SeqConfig",
+    "TransformerSeq2Seq",
+    "TransformerTagger",
+    "TransformerTaggerConfig",
+    "TransformerSeq2SeqConfig",
     "TransformerLM",
     "TransformerLMConfig",
     "build_model",

@@ -27,6 +27,29 @@ def check_choices(config, prefix: str = "model") -> None:
             raise NlprnnError(f"{prefix}.{f.name}: expected one of {', '.join(choices)}, got {value!r}")
 
 
+def check_fields(config, positive: tuple[str, ...] = (), probabilities: tuple[str, ...] = ("dropout",),
+                 positive_numbers: tuple[str, ...] = ("init_range",)) -> None:
+    """The checks every model config shares: choices, positive sizes, probabilities, positive scales."""
+    check_choices(config)
+    for key in positive:
+        if getattr(config, key) < 1:
+            raise NlprnnError(f"model.{key}: expected a positive integer, got {getattr(config, key)!r}")
+    for key in probabilities:
+        if not 0.0 <= getattr(config, key) < 1.0:
+            raise NlprnnError(f"model.{key}: expected a probability in [0, 1), got {getattr(config, key)!r}")
+    for key in positive_numbers:
+        if getattr(config, key) <= 0:
+            raise NlprnnError(f"model.{key}: expected a positive number, got {getattr(config, key)!r}")
+
+
+def check_filled_in(config, *keys: str) -> None:
+    """Sizes a task fills in from its data (vocabulary sizes) must be set before the model is built."""
+    for key in keys:
+        if getattr(config, key) < 1:
+            raise NlprnnError(f"model.{key}: expected a positive integer (the task sets it from its vocabulary), "
+                              f"got {getattr(config, key)!r}")
+
+
 def detach_state(state):
     """Cut the autograd graph behind a recurrent state so truncated BPTT stops at the chunk boundary.
 

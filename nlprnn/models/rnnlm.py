@@ -21,7 +21,7 @@ from torch import nn
 
 from nlprnn.config import choice
 from nlprnn.errors import NlprnnError
-from nlprnn.models.common import INIT_SCHEMES, check_choices, count_parameters, init_weights
+from nlprnn.models.common import INIT_SCHEMES, check_fields, check_filled_in, count_parameters, init_weights
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 HEADS = ("full", "adaptive")
@@ -47,14 +47,7 @@ class RNNLMConfig:
 
     def __post_init__(self):
         # vocab_size may still be 0 here (the task fills it in later); RNNLM checks it and the cutoffs.
-        check_choices(self)
-        for key in ("embedding_size", "hidden_size", "num_layers"):
-            if getattr(self, key) < 1:
-                raise NlprnnError(f"model.{key}: expected a positive integer, got {getattr(self, key)!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise NlprnnError(f"model.dropout: expected a probability in [0, 1), got {self.dropout!r}")
-        if self.init_range <= 0:
-            raise NlprnnError(f"model.init_range: expected a positive number, got {self.init_range!r}")
+        check_fields(self, positive=("embedding_size", "hidden_size", "num_layers"))
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise NlprnnError(
                 "model.tie_weights: tying the output layer to the embedding needs "
@@ -108,11 +101,7 @@ def resolve_adaptive_cutoffs(config: RNNLMConfig) -> list[int]:
 class RNNLM(nn.Module):
     def __init__(self, config: RNNLMConfig):
         super().__init__()
-        if config.vocab_size < 1:
-            raise NlprnnError(
-                f"model.vocab_size: expected a positive integer (the task sets it from the vocabulary), "
-                f"got {config.vocab_size!r}"
-            )
+        check_filled_in(config, "vocab_size")
         self.config = config
 
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)

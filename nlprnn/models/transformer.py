@@ -21,7 +21,7 @@ from torch import nn
 
 from nlprnn.config import choice
 from nlprnn.errors import NlprnnError
-from nlprnn.models.common import check_choices, count_parameters
+from nlprnn.models.common import check_fields, check_filled_in, count_parameters
 
 
 @dataclass
@@ -39,24 +39,17 @@ class TransformerLMConfig:
     init_range: float = 0.02  # std of the normal init of weight matrices and embeddings
 
     def __post_init__(self):
-        check_choices(self)
-        for key in ("d_model", "n_heads", "n_layers", "d_ff", "context_size"):
-            if getattr(self, key) < 1:
-                raise NlprnnError(f"model.{key}: expected a positive integer, got {getattr(self, key)!r}")
+        check_fields(self, positive=("d_model", "n_heads", "n_layers", "d_ff", "context_size"))
         if self.d_model % self.n_heads:
             raise NlprnnError(
                 f"model.n_heads: must divide model.d_model={self.d_model} (each head gets d_model / n_heads "
                 f"dimensions), got {self.n_heads}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise NlprnnError(f"model.dropout: expected a probability in [0, 1), got {self.dropout!r}")
         if not 0 <= self.memory < self.context_size:
             raise NlprnnError(
                 f"model.memory: expected 0 <= memory < model.context_size={self.context_size} "
                 f"(the carried tokens and at least one new one must fit in the context), got {self.memory}"
             )
-        if self.init_range <= 0:
-            raise NlprnnError(f"model.init_range: expected a positive number, got {self.init_range!r}")
 
 
 def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
@@ -77,11 +70,7 @@ def last_tokens(tokens: torch.Tensor, count: int) -> torch.Tensor:
 class TransformerLM(nn.Module):
     def __init__(self, config: TransformerLMConfig):
         super().__init__()
-        if config.vocab_size < 1:
-            raise NlprnnError(
-                f"model.vocab_size: expected a positive integer (the task sets it from the vocabulary), "
-                f"got {config.vocab_size!r}"
-            )
+        check_filled_in(config, "vocab_size")
         self.config = config
 
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)

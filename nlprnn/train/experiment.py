@@ -15,6 +15,7 @@ from nlprnn.metrics import hardware, peak_memory_bytes
 from nlprnn.models import build_model
 from nlprnn.results import command_line, git_commit, write_record
 from nlprnn.train.loop import Trainer
+from nlprnn.train.reallocation import WordReallocation
 from nlprnn.train.tasks import TASKS
 
 
@@ -69,20 +70,20 @@ def run_experiment(cfg: ExperimentConfig, accelerator: Accelerator | None = None
     task = TASKS[cfg.task](cfg, accelerator)
     model = build_model(cfg.model_name, cfg.model_config(**task.model_values()))
     trainer = Trainer(task, model, cfg, accelerator)
+    if cfg.model_name == "lightrnn":
+        trainer.epoch_end_hooks.append(WordReallocation(cfg.lightrnn))
     state = trainer.fit()
     trainer.restore_best()
 
     best = next(h for h in state.history if h["step"] == state.best_step)
     valid = {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")}
     test = task.evaluate(trainer.model, "test")
-    test_tokens = test["tokens"]
     record = {
         "task": cfg.task,
         "dataset": task.dataset,
         "model": cfg.model_name,
         "params": trainer.unwrapped.param_counts(),
-        "metrics": {"valid_ppl": valid["ppl"], "test_ppl": test["ppl"],
-                    "valid_nll": valid["nll"], "test_nll": test["nll"]},
+        "metrics": task.record_metrics(valid, test),
         "train": {
             "tokens_per_second": state.train_tokens / state.train_seconds if state.train_seconds else 0.0,
             "wall_seconds": state.wall_seconds,
@@ -94,9 +95,10 @@ def run_experiment(cfg: ExperimentConfig, accelerator: Accelerator | None = None
             "nonfinite_steps": state.nonfinite_total,
             "history": state.history,
         },
-        "inference": {"test_seconds": task.eval_seconds["test"],
-                      "tokens_per_second": test_tokens / task.eval_seconds["test"]},
+        **task.inference_record(trainer.model, test),
         "data": task.data_record(),
+        **({"lightrnn": {"reallocations": [e for e in state.events if e.get("event") == "reallocation"]}}
+           if cfg.model_name == "lightrnn" else {}),
         "peak_memory_bytes": peak_memory_bytes(accelerator.device),
         "hardware": hardware(accelerator),
         "seed": cfg.train.seed,
@@ -105,8 +107,9 @@ def run_experiment(cfg: ExperimentConfig, accelerator: Accelerator | None = None
     }
     if accelerator.is_main_process:
         write_record(run_dir / "result.json", record)
-        print(f"valid ppl {valid['ppl']:.2f} | test ppl {test['ppl']:.2f} | "
-              f"{record['train']['tokens_per_second']:.0f} tokens/s | {state.wall_seconds / 60:.1f} min "
+        shown = " | ".join(f"{k} {v:.2f}" for k, v in record["metrics"].items()
+                           if isinstance(v, float) and k.split("_")[1] in ("ppl", "bleu", "chrf", "f1"))
+        print(f"{shown} | {record['train']['tokens_per_second']:.0f} tokens/s | {state.wall_seconds / 60:.1f} min "
               f"| {state.stop_reason} -> {run_dir / 'result.json'}")
     accelerator.end_training()
     return record

@@ -48,6 +48,7 @@ class TrainerState:
     train_tokens: int = 0  # summed over processes
     stop_reason: str = ""
     history: list = field(default_factory=list)
+    events: list = field(default_factory=list)  # what epoch-end hooks did (e.g. Light RNN re-allocations)
 
 
 class Trainer:
@@ -65,6 +66,9 @@ class Trainer:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.best_weights: dict | None = None
         self._checkpoint_due = False
+        # Called as hook(trainer) at the end of an epoch after its evaluation, when training goes on; what a
+        # hook changes in the model is in the checkpoint that follows, so a resumed run sees it too.
+        self.epoch_end_hooks: list = []
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -131,6 +135,10 @@ class Trainer:
                 bar.set_description(f"epoch {st.epoch + 1}")
                 if not tc.eval_every:
                     self.evaluate()
+                    self._checkpoint_due = True
+                if self.epoch_end_hooks and not self._stop_reason():
+                    for hook in self.epoch_end_hooks:
+                        hook(self)
                     self._checkpoint_due = True
                 if self._at_step_boundary() and self._checkpoint_due and st.epoch < tc.epochs:
                     self.save_checkpoint()
@@ -211,7 +219,7 @@ class Trainer:
             st.best_metric, st.best_step, st.evals_without_improvement = value, st.step, 0
             self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.unwrapped.state_dict().items()}
             if self.cfg.run.save_model and self.accelerator.is_main_process:
-                save_pretrained(self.unwrapped, self.run_dir / "model", vocab=getattr(self.task, "vocab", None))
+                save_pretrained(self.unwrapped, self.run_dir / "model", **self.task.checkpoint_files())
         else:
             st.evals_without_improvement += 1
         if self.accelerator.is_main_process:

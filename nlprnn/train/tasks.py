@@ -18,6 +18,7 @@ from nlprnn.config import ExperimentConfig
 from nlprnn.data.batching import BPTTStreams, encode_lm_split
 from nlprnn.data.corpora import lm_tokens, resolve_text_corpus
 from nlprnn.data.vocab import WordVocab
+from nlprnn.errors import NlprnnError
 from nlprnn.metrics import corpus_perplexity, synchronize
 from nlprnn.models.common import detach_state
 
@@ -90,12 +91,18 @@ class LanguageModeling:
             name: BPTTStreams(self.tokens[name], data.eval_batch_size, data.bptt, rank, world)
             for name in ("valid", "test")
         }
+        if cfg.train.metric not in ("auto", "ppl"):
+            raise NlprnnError(f"train.metric: language modelling is scored by ppl (or auto), got {cfg.train.metric!r}")
         self.state = None  # carried hidden state of the training streams
         self.eval_seconds: dict[str, float] = {}
 
     # -- what the model needs from the data ---------------------------------------------------------
     def model_values(self) -> dict:
         return {"vocab_size": len(self.vocab)}
+
+    def checkpoint_files(self) -> dict:
+        """What `save_pretrained` stores beside the weights."""
+        return {"vocab": self.vocab}
 
     # -- training -----------------------------------------------------------------------------------
     @property
@@ -108,6 +115,11 @@ class LanguageModeling:
         device = self.accelerator.device
         for index, inputs, targets in self.train_streams.iter_from(start):
             yield index, (inputs.to(device), targets.to(device))
+
+    def train_pass(self):
+        """This process's training streams once, in order, as (inputs, targets): for Light RNN's costs."""
+        for _, inputs, targets in self.train_streams.iter_from(0):
+            yield inputs, targets
 
     def train_loss(self, model, batch):
         inputs, targets = batch
@@ -128,6 +140,13 @@ class LanguageModeling:
         self.eval_seconds[split] = time.perf_counter() - start
         return corpus_perplexity(nll_sum, count, self.accelerator)
 
+    def record_metrics(self, valid: dict, test: dict) -> dict:
+        return {"valid_ppl": valid["ppl"], "test_ppl": test["ppl"], "valid_nll": valid["nll"], "test_nll": test["nll"]}
+
+    def inference_record(self, model, test: dict) -> dict:
+        return {"inference": {"test_seconds": self.eval_seconds["test"],
+                              "tokens_per_second": test["tokens"] / self.eval_seconds["test"]}}
+
     def data_record(self) -> dict:
         d = self.cfg.data
         return {
@@ -141,4 +160,16 @@ class LanguageModeling:
         }
 
 
-TASKS = {"lm": LanguageModeling}
+def _translation(cfg, accelerator):
+    from nlprnn.train.translation import Translation  # sacrebleu and the decoders load only when needed
+
+    return Translation(cfg, accelerator)
+
+
+def _tagging(cfg, accelerator):
+    from nlprnn.train.tagging import Tagging  # seqeval loads only when needed
+
+    return Tagging(cfg, accelerator)
+
+
+TASKS = {"lm": LanguageModeling, "mt": _translation, "ner": _tagging}
