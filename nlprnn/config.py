@@ -139,6 +139,16 @@ class LightRNNRoundsConfig:
 
 
 @dataclass
+class TransferConfig:
+    """Starting from pretrained weights; each key may also be given under model. (model.init_from=...)."""
+
+    init_from: str | None = None  # a pretrained nlprnn language model (checkpoint folder): embeddings, RNN layers
+    word_vectors: str | None = None  # GloVe / word2vec / fastText text file or word2vec .bin, aligned by word
+    freeze: dict = field(default_factory=dict)  # module-name prefix -> epoch it starts training (-1: never)
+    pretrained_lr_scale: float = 1.0  # learning-rate multiplier of the parameters that were transferred
+
+
+@dataclass
 class ExperimentConfig:
     task: str = choice("lm", *DATA_CONFIGS)
     data: Any = field(default_factory=DataConfig)  # the task's own data dataclass (DATA_CONFIGS)
@@ -147,6 +157,7 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     lightrnn: LightRNNRoundsConfig = field(default_factory=LightRNNRoundsConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     @property
     def model_name(self) -> str:
@@ -197,6 +208,8 @@ def _coerce(value, tp, key: str):
             raise NlprnnError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
+        if isinstance(value, str) and value.strip().startswith("{"):
+            value = yaml.safe_load(value)
         if not isinstance(value, dict):
             raise NlprnnError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
@@ -321,6 +334,10 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
         _set_dotted(tree, key.strip(), raw)
     model = tree.pop("model", None) or {}
     data = tree.pop("data", None) or {}
+    if isinstance(model, dict):  # model.init_from etc. are transfer settings, read from either place
+        moved = {f.name: model.pop(f.name) for f in dataclasses.fields(TransferConfig) if f.name in model}
+        if moved:
+            tree["transfer"] = {**(tree.get("transfer") or {}), **moved}
     if not isinstance(model, dict):
         raise NlprnnError("model: expected a mapping with a 'name' (e.g. lstm, gru, rnn_tanh, transformer)")
     model = {"name": DEFAULT_MODELS.get(str(tree.get("task", "lm")), "lstm"), **model}
@@ -389,7 +406,7 @@ def usage(task: str = "lm") -> str:
     from nlprnn.models import MODELS
 
     lines = ["usage: [--config FILE.yaml] [section.key=value ...]", ""]
-    for section in ("data", "train", "run", "lightrnn", "decode"):
+    for section in ("data", "train", "run", "lightrnn", "decode", "transfer"):
         cls = DATA_CONFIGS.get(task, DataConfig) if section == "data" else typing.get_type_hints(ExperimentConfig)[section]
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

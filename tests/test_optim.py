@@ -15,6 +15,25 @@ def test_weight_decay_skips_biases_and_gains():
     assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3
 
 
+def test_pretrained_parameters_get_their_own_learning_rate():
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 4))
+    opt = build_optimizer(model, TrainConfig(lr=2.0), pretrained={"0.weight"}, pretrained_lr_scale=0.1)
+    LRSchedule(TrainConfig(lr=2.0, schedule="constant"), total_steps=None).apply(opt, 0)
+    rates = {tuple(p.shape): group["lr"] for group in opt.param_groups for p in group["params"]}
+    assert rates == {(5, 3): pytest.approx(0.2), (4, 3): 2.0, (4,): 2.0}
+
+
+def test_freezing_drops_gradients_until_the_unfreeze_epoch():
+    from nlprnn.errors import NlprnnError
+    from nlprnn.train.loop import _frozen_parameters
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 4))
+    frozen = _frozen_parameters(model, {"0": 2, "1.bias": -1})
+    assert [(tuple(p.shape), until) for p, until in frozen] == [((5, 3), 2), ((4,), -1)]
+    with pytest.raises(NlprnnError, match="'rnn' names no parameters of the model; its modules are 0, 1"):
+        _frozen_parameters(model, {"rnn": 1})
+
+
 def test_warmup_then_cosine():
     s = LRSchedule(TrainConfig(lr=1.0, schedule="cosine", warmup_steps=10), total_steps=110)
     assert s.lr_at(0) == pytest.approx(0.1) and s.lr_at(9) == pytest.approx(1.0)

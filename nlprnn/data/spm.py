@@ -128,6 +128,10 @@ class SentencePieceTokenizer:
     def encode_pieces(self, text: str) -> list[str]:
         return self._processor.encode(text, out_type=str)
 
+    def pieces(self) -> list[str]:
+        """Every piece in id order (word-initial pieces start with U+2581)."""
+        return [self._processor.id_to_piece(i) for i in range(len(self))]
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._processor.decode([int(i) for i in ids])
 

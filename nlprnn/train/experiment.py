@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, set_seed
 
 from nlprnn.config import ExperimentConfig, dump_yaml
+from nlprnn.hub import write_model_card
 from nlprnn.io import atomic_write_text
 from nlprnn.metrics import hardware, peak_memory_bytes
 from nlprnn.models import build_model
@@ -59,6 +60,47 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def apply_transfer(model, cfg: ExperimentConfig, task) -> dict:
+    """Initialise from transfer.init_from and/or transfer.word_vectors; the report for the run record.
+
+    Every process does the same (deterministic) copy before training, so no broadcast is needed; a resumed run
+    does it too and then loads its checkpoint over it.
+    """
+    from nlprnn.transfer import align_vectors, read_word_vectors, target_embedding, transfer_from_checkpoint
+
+    t = cfg.transfer
+    if not t.init_from and not t.word_vectors:
+        return {}
+    words = task.transfer_words()
+    report: dict = {}
+    if t.init_from:
+        report = transfer_from_checkpoint(t.init_from, model, words)
+    if t.word_vectors:
+        source_words, vectors = read_word_vectors(t.word_vectors)
+        embedding = target_embedding(model)
+        specials = tuple(w for w in ("<pad>", "<unk>", "<eos>", "<s>", "</s>") if w in words)
+        report["word_vectors"] = {"file": t.word_vectors, "vectors": len(source_words),
+                                  **align_vectors(words, source_words, torch.from_numpy(vectors), embedding.weight,
+                                                  skip=specials)}
+        name = next(n for n, m in model.named_modules() if m is embedding) + ".weight"
+        report.setdefault("pretrained_parameters", [])
+        if name not in report["pretrained_parameters"]:
+            report["pretrained_parameters"].append(name)
+    return report
+
+
+def _describe_transfer(report: dict) -> str:
+    lines = []
+    for key, what in (("embedding_coverage", "LM embeddings"), ("word_vectors", "word vectors")):
+        if key in report:
+            c = report[key]
+            lines.append(f"transfer: {what} found for {c['exact']} words, {c['lowercase']} more lower-cased, "
+                         f"{c['missing']} missing, of {c['total']}")
+    lines += [f"transfer: copied {name}" for name in report.get("copied", [])]
+    lines += [f"transfer: skipped {why}" for why in report.get("skipped", [])]
+    return "\n".join(lines)
+
+
 def run_experiment(cfg: ExperimentConfig, accelerator: Accelerator | None = None) -> dict:
     accelerator = accelerator or make_accelerator(cfg)
     provenance = {"git_commit": git_commit(), "command": command_line()}  # the code as it was at start
@@ -69,7 +111,10 @@ def run_experiment(cfg: ExperimentConfig, accelerator: Accelerator | None = None
     set_seed(cfg.train.seed)
     task = TASKS[cfg.task](cfg, accelerator)
     model = build_model(cfg.model_name, cfg.model_config(**task.model_values()))
-    trainer = Trainer(task, model, cfg, accelerator)
+    transfer = apply_transfer(model, cfg, task)
+    if transfer:
+        accelerator.print(_describe_transfer(transfer))
+    trainer = Trainer(task, model, cfg, accelerator, set(transfer.get("pretrained_parameters", ())))
     if cfg.model_name == "lightrnn":
         trainer.epoch_end_hooks.append(WordReallocation(cfg.lightrnn))
     state = trainer.fit()
@@ -97,6 +142,7 @@ def run_experiment(cfg: ExperimentConfig, accelerator: Accelerator | None = None
         },
         **task.inference_record(trainer.model, test),
         "data": task.data_record(),
+        **({"transfer": transfer} if transfer else {}),
         **({"lightrnn": {"reallocations": [e for e in state.events if e.get("event") == "reallocation"]}}
            if cfg.model_name == "lightrnn" else {}),
         "peak_memory_bytes": peak_memory_bytes(accelerator.device),
@@ -107,6 +153,8 @@ def run_experiment(cfg: ExperimentConfig, accelerator: Accelerator | None = None
     }
     if accelerator.is_main_process:
         write_record(run_dir / "result.json", record)
+        if (run_dir / "model" / "config.json").exists():
+            write_model_card(run_dir / "model", record)
         shown = " | ".join(f"{k} {v:.2f}" for k, v in record["metrics"].items()
                            if isinstance(v, float) and k.split("_")[1] in ("ppl", "bleu", "chrf", "f1"))
         print(f"{shown} | {record['train']['tokens_per_second']:.0f} tokens/s | {state.wall_seconds / 60:.1f} min "

@@ -52,12 +52,16 @@ class TrainerState:
 
 
 class Trainer:
-    def __init__(self, task, model: torch.nn.Module, cfg: ExperimentConfig, accelerator):
+    def __init__(self, task, model: torch.nn.Module, cfg: ExperimentConfig, accelerator,
+                 pretrained: set[str] = frozenset()):
+        """`pretrained`: names of transferred parameters (their rate is scaled by transfer.pretrained_lr_scale)."""
         self.task = task
         self.cfg = cfg
         self.tc = cfg.train
         self.accelerator = accelerator
-        self.model, self.optimizer = accelerator.prepare(model, build_optimizer(model, cfg.train))
+        self.frozen = _frozen_parameters(model, cfg.transfer.freeze)
+        optimizer = build_optimizer(model, cfg.train, pretrained, cfg.transfer.pretrained_lr_scale)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.steps_per_epoch = math.ceil(task.num_train_batches / self.tc.grad_accum_steps)
         total = self.tc.max_steps or self.tc.epochs * self.steps_per_epoch
         self.schedule = LRSchedule(cfg.train, total, task.higher_is_better)
@@ -158,6 +162,11 @@ class Trainer:
         """Clip, check, step; returns the loss as a float."""
         st, acc = self.state, self.accelerator
         self.schedule.apply(self.optimizer, st.step)
+        for parameter, until in self.frozen:
+            # Frozen by dropping the gradient (after DDP's all-reduce, before clipping): the optimizer skips a
+            # parameter without one, and DDP never sees requires_grad change mid-run.
+            if until < 0 or st.epoch < until:
+                parameter.grad = None
         max_norm = self.tc.clip_norm if self.tc.clip_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
         loss_value, grad_norm = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
@@ -287,6 +296,20 @@ class Trainer:
             tqdm.write(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch}, "
                        f"batch {self.state.batch})")
         return True
+
+
+def _frozen_parameters(model: torch.nn.Module, freeze: dict) -> list[tuple[torch.nn.Parameter, int]]:
+    """(parameter, epoch it starts training, -1 = never) for every parameter under a frozen module prefix."""
+    frozen = []
+    for prefix, until in freeze.items():
+        matched = [(p, int(until)) for name, p in model.named_parameters() if name == prefix
+                   or name.startswith(prefix + ".")]
+        if not matched:
+            top = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
+            raise NlprnnError(f"transfer.freeze: {prefix!r} names no parameters of the model; its modules are "
+                              f"{', '.join(top)}")
+        frozen += matched
+    return frozen
 
 
 def _clone_structure(model: torch.nn.Module) -> torch.nn.Module:

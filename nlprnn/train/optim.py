@@ -14,14 +14,18 @@ import torch
 from nlprnn.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, pretrained: set[str] = frozenset(),
+                    pretrained_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """Parameter groups by (weight decay or not) x (pretrained or not); `lr_scale` scales a group's rate."""
     # Weight decay on biases and normalisation gains only shrinks them toward zero for no benefit.
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+            decays = not (p.ndim < 2 or name.endswith(".bias"))
+            groups.setdefault((decays, name in pretrained), []).append(p)
+    groups = [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0,
+               "lr_scale": pretrained_lr_scale if is_pretrained else 1.0}
+              for (decays, is_pretrained), params in sorted(groups.items(), reverse=True)]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.optimizer == "adam":
@@ -58,7 +62,7 @@ class LRSchedule:
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         lr = self.lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def on_eval(self, metric: float) -> None:

@@ -39,10 +39,10 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
     per_type = {kind: {key.replace("-score", ""): float(value) * (1 if key == "support" else 100)
                        for key, value in scores.items()}
                 for kind, scores in report.items() if "avg" not in kind}
-    return {"f1": 100 * f1_score(gold, predicted, zero_division=0),
-            "precision": 100 * precision_score(gold, predicted, zero_division=0),
-            "recall": 100 * recall_score(gold, predicted, zero_division=0),
-            "strict_f1": 100 * f1_score(gold, predicted, mode="strict", scheme=IOB2, zero_division=0),
+    return {"f1": 100 * float(f1_score(gold, predicted, zero_division=0)),
+            "precision": 100 * float(precision_score(gold, predicted, zero_division=0)),
+            "recall": 100 * float(recall_score(gold, predicted, zero_division=0)),
+            "strict_f1": 100 * float(f1_score(gold, predicted, mode="strict", scheme=IOB2, zero_division=0)),
             "per_type": per_type}
 
 
@@ -132,6 +132,9 @@ class Tagging:
     def model_values(self) -> dict:
         return {"vocab_size": len(self.words), "char_vocab_size": len(self.chars), "tags": list(self.tags),
                 "tag_scheme": self.cfg.data.tag_scheme, "pad_id": self.words[PAD]}
+
+    def transfer_words(self) -> list[str]:
+        return self.words.itos
 
     def checkpoint_files(self) -> dict:
         d = self.cfg.data

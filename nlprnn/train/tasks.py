@@ -104,6 +104,10 @@ class LanguageModeling:
         """What `save_pretrained` stores beside the weights."""
         return {"vocab": self.vocab}
 
+    def transfer_words(self) -> list[str]:
+        """The words pretrained vectors are aligned with, in embedding-row order."""
+        return self.vocab.itos
+
     # -- training -----------------------------------------------------------------------------------
     @property
     def num_train_batches(self) -> int:

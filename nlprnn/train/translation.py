@@ -110,6 +110,11 @@ class Translation:
     def checkpoint_files(self) -> dict:
         return {"tokenizers": dict(self.tokenizers)}
 
+    def transfer_words(self) -> list[str]:
+        """Source pieces as words, for aligning pretrained word vectors: "\u2581house" -> "house"."""
+        return [piece[1:] if piece.startswith("\u2581") and len(piece) > 1 else piece
+                for piece in self.tokenizers["src"].pieces()]
+
     # -- training -----------------------------------------------------------------------------------
     def _batches(self, epoch: int) -> list:
         """The epoch's global batches, each with this process's share of it and the batch's target count."""
