@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_translate)
+    sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and plots (--check, --reproduce)")
     p = sub.add_parser("tag", help="tag tokenised sentences (one per line, or CoNLL columns) with a saved tagger")
     p.add_argument("--model", required=True, help="checkpoint directory (save_pretrained)")
     p.add_argument("--input", default=None, help="text file (default: stdin)")
@@ -202,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["leaderboard"]:  # its own parser: --check, --reproduce
+        from nlprnn.leaderboard import main as leaderboard_main
+
+        return leaderboard_main(argv[1:])
     args, rest = build_parser().parse_known_args(argv)
     return run_main(args.fn, args, rest)
 

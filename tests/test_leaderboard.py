@@ -1,0 +1,88 @@
+"""The leaderboard generator: records validated, seeds grouped, --check catches staleness, --reproduce re-runs."""
+
+import json
+import shutil
+
+import pytest
+from conftest import REPO, tiny_lm_overrides
+from test_resume_distributed import launch
+
+from nlprnn.errors import NlprnnError
+from nlprnn.leaderboard import generate, main, rows_by_table
+
+REAL = json.loads((REPO / "leaderboard" / "results" / "lm" / "wikitext-2" / "wikitext2_lstm_60min.json").read_text())
+
+
+def board(tmp_path, records):
+    root = tmp_path / "board"
+    for name, record in records.items():
+        path = root / "results" / "lm" / "wikitext-2" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    return root
+
+
+def variant(**changes):
+    record = json.loads(json.dumps(REAL))
+    for key, value in changes.items():
+        section, _, field = key.partition(".")
+        if field:
+            record[section][field] = value
+        else:
+            record[section] = value
+    return record
+
+
+def test_seeds_of_one_configuration_are_one_row_with_mean_and_std(tmp_path):
+    a = variant(seed=1, **{"metrics.test_ppl": 150.0})
+    b = variant(seed=2, **{"metrics.test_ppl": 160.0})
+    a["config"]["train"]["seed"], b["config"]["train"]["seed"] = 1, 2
+    other = variant(**{"metrics.test_ppl": 140.0, "model": "gru"})
+    other["config"]["model"]["name"] = "gru"
+    root = board(tmp_path, {"a.json": a, "b.json": b, "c.json": other})
+    generate(root)
+    readme = (root / "README.md").read_text()
+    assert "| 155.00 ± 7.07 | 2 |" in readme
+    assert readme.index("| gru (60 min)") < readme.index("| lstm (60 min)")  # sorted: lower perplexity first
+    assert len(rows_by_table([{**r, "_file": "x"} for r in (a, b, other)])[("lm", "wikitext-2")]) == 2
+
+
+def test_check_reports_a_stale_readme_and_plot(tmp_path, capsys):
+    root = board(tmp_path, {"a.json": REAL})
+    assert main(["--root", str(root), "--check"]) == 1
+    assert main(["--root", str(root)]) == 0
+    assert main(["--root", str(root), "--check"]) == 0
+    (root / "results" / "lm" / "wikitext-2" / "a.json").write_text(json.dumps(variant(**{"metrics.test_ppl": 1.0})))
+    capsys.readouterr()
+    assert main(["--root", str(root), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "README.md" in out and "quality_vs_time_lm_wikitext-2.png" in out
+
+
+def test_a_record_without_its_provenance_is_rejected_by_name(tmp_path, capsys):
+    bad = variant()
+    del bad["git_commit"]
+    root = board(tmp_path, {"bad.json": bad})
+    with pytest.raises(NlprnnError, match=r"bad.json: not a valid run record: missing 'git_commit'"):
+        generate(root)
+    assert main(["--root", str(root), "--check"]) == 2
+    assert "bad.json" in capsys.readouterr().err
+
+
+def test_the_committed_leaderboard_is_up_to_date():
+    assert main(["--check"]) == 0, "run `nlprnn leaderboard` and commit leaderboard/"
+
+
+@pytest.mark.slow
+def test_reproduce_reruns_the_recorded_command(lm_corpus, tmp_path, capsys, monkeypatch):
+    first = tmp_path / "first"
+    launch(tiny_lm_overrides(lm_corpus, first, **{"train.max_steps": 4}))
+    record = json.loads((first / "result.json").read_text())
+    record["git_commit"] = "0" * 40  # the test tree may be dirty; the record must name a commit
+    (first / "result.json").write_text(json.dumps(record))
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["--reproduce", str(first / "result.json"), "--run-dir", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert "valid_ppl: recorded" in out and "difference +0.000" in out  # same seed, same machine: exact
+    shutil.rmtree(tmp_path / "again")
