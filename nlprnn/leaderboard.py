@@ -172,13 +172,20 @@ def plot_data(runs: list[dict], benchmarks: list[dict]) -> dict[str, tuple[str, 
     speed = [b for b in benchmarks if b["benchmark"] == "lightrnn_speed"]
     if speed:
         latest = max(speed, key=lambda b: b["date"])
+        speed_points = [{"model": model, "vocab": row["vocab"], "tokens_per_second": run["tokens_per_second"]}
+                        for row in latest.get("speed", []) for model, run in sorted(row.get("runs", {}).items())]
+        params = [{"vocab": r["vocab"], "size": r["size"], "lstm": r["lstm"]["embedding_softmax"],
+                   "lightrnn": r["lightrnn"]["embedding_softmax"]} for r in latest.get("params", [])]
         plots["lightrnn_vs_softmax.png"] = ("Light RNN vs full and adaptive softmax: parameters and speed vs V",
-                                            {"params": latest.get("params", []), "speed": latest.get("speed", [])})
+                                            {"params": params, "speed": speed_points})
     return plots
 
 
+PLOT_STYLE = 2  # bump when `draw` changes, so --check asks for the plots to be redrawn
+
+
 def data_hash(data: dict) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([PLOT_STYLE, data], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def draw(name: str, title: str, data: dict, path: Path) -> None:
@@ -187,7 +194,9 @@ def draw(name: str, title: str, data: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lightrnn = name == "lightrnn_vs_softmax.png"
+    fig, axes = plt.subplots(1, 2 if lightrnn else 1, figsize=(10 if lightrnn else 7, 4.5))
+    ax = axes[0] if lightrnn else axes
     if name.startswith("quality_vs_time"):
         points = data["points"]
         for p in points:
@@ -210,19 +219,18 @@ def draw(name: str, title: str, data: dict, path: Path) -> None:
         params, speed = data["params"], data["speed"]
         for key, label in (("lstm", "full softmax"), ("lightrnn", "Light RNN")):
             rows = [r for r in params if r.get("size") == 200]
-            ax.loglog([r["vocab"] for r in rows], [r[key]["embedding_softmax"] for r in rows], "o-",
-                      label=f"{label}: emb+softmax params (E=H=200)")
-        if speed:
-            twin = ax.twinx()
-            for model in sorted({r["model"] for r in speed}):
-                rows = sorted((r for r in speed if r["model"] == model), key=lambda r: r["vocab"])
-                twin.plot([r["vocab"] for r in rows], [r["tokens_per_second"] for r in rows], "s:",
-                          label=f"{model} tokens/s")
-            twin.set_ylabel("training tokens/s")
-            twin.legend(loc="lower right", fontsize=7)
+            ax.loglog([r["vocab"] for r in rows], [r[key] for r in rows], "o-", label=label)
         ax.set_xlabel("vocabulary size V")
-        ax.legend(loc="upper left", fontsize=7)
-    ax.set_title(title, fontsize=9)
+        ax.set_ylabel("embedding + softmax parameters (E = H = 200)")
+        ax.legend(fontsize=8)
+        right = axes[1]
+        for model in sorted({r["model"] for r in speed}):
+            rows = sorted((r for r in speed if r["model"] == model), key=lambda r: r["vocab"])
+            right.semilogx([r["vocab"] for r in rows], [r["tokens_per_second"] for r in rows], "s-", label=model)
+        right.set_xlabel("vocabulary size V")
+        right.set_ylabel("training tokens/s")
+        right.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, metadata={"Software": None, "nlprnn-data": data_hash(data)})
