@@ -136,6 +136,10 @@ class LightRNNRoundsConfig:
                          help="none keeps the initial table (an ablation); see nlprnn.models.reallocate")
     candidates: int = 8  # the sparse solver's k: each word may take cells among its k best rows x k best columns
     candidate_rule: str = choice("priced", "priced", "plain")
+    reallocations: int = 0  # re-allocate at most this many times, then train on with the table (0: no limit)
+    # A move makes validation perplexity jump before training adapts; without a restart the plateau schedule
+    # reads that jump as "no progress" and anneals the learning rate at every round.
+    restart_plateau: bool = True
 
 
 @dataclass
@@ -365,10 +369,11 @@ def _check_model_task(config: ExperimentConfig) -> None:
 
 def _check_lightrnn_rounds(config: ExperimentConfig) -> None:
     rounds = config.lightrnn
-    if rounds.rounds < 0 or rounds.epochs_per_round < 1 or rounds.candidates < 1:
-        raise NlprnnError(f"lightrnn: expected rounds >= 0, epochs_per_round >= 1 and candidates >= 1, got "
-                          f"rounds={rounds.rounds}, epochs_per_round={rounds.epochs_per_round}, "
-                          f"candidates={rounds.candidates}")
+    if rounds.rounds < 0 or rounds.epochs_per_round < 1 or rounds.candidates < 1 or rounds.reallocations < 0:
+        raise NlprnnError(f"lightrnn: expected rounds >= 0, epochs_per_round >= 1, candidates >= 1 and "
+                          f"reallocations >= 0, got rounds={rounds.rounds}, epochs_per_round="
+                          f"{rounds.epochs_per_round}, candidates={rounds.candidates}, "
+                          f"reallocations={rounds.reallocations}")
     if config.model_name != "lightrnn":
         if rounds.rounds:
             raise NlprnnError(f"lightrnn.rounds={rounds.rounds}: re-allocation rounds need model.name=lightrnn, "

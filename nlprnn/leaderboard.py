@@ -85,8 +85,39 @@ def rows_by_table(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
             "memory": max(r["peak_memory_bytes"] for r in records),
         })
     for rows in tables.values():
+        _name_apart(rows)
         rows.sort(key=lambda row: statistics.mean(row["test"]), reverse=rows[0]["higher"])
     return tables
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _name_apart(rows: list[dict], most: int = 3) -> None:
+    """Rows that would share a label (e.g. full and adaptive softmax LSTMs) get the settings they differ in."""
+    by_label: dict[str, list[dict]] = {}
+    for row in rows:
+        by_label.setdefault(row["model"], []).append(row)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        configs = [_flat(row["records"][0]["config"]) for row in same]
+        keys = sorted({k for c in configs for k in c} - {"train.seed", "run.dir"})
+        differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+        for row, config in zip(same, configs):
+            shown = [f"{k.split('.')[-1]}={_short(config.get(k, 'unset'))}" for k in differing[:most]]
+            row["model"] += f" [{', '.join(shown)}]"
+
+
+def _short(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def _hardware(record: dict) -> str:

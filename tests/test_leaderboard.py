@@ -47,6 +47,17 @@ def test_seeds_of_one_configuration_are_one_row_with_mean_and_std(tmp_path):
     assert len(rows_by_table([{**r, "_file": "x"} for r in (a, b, other)])[("lm", "wikitext-2")]) == 2
 
 
+def test_rows_that_would_share_a_label_show_the_settings_they_differ_in(tmp_path):
+    full = variant(**{"metrics.test_ppl": 150.0})
+    adaptive = variant(**{"metrics.test_ppl": 160.0})
+    full["config"]["model"]["head"], adaptive["config"]["model"]["head"] = "full", "adaptive"
+    adaptive["config"]["model"]["adaptive_cutoffs"] = [2000, 10000]
+    full["config"]["model"].pop("adaptive_cutoffs", None)
+    rows = rows_by_table([{**r, "_file": "x"} for r in (full, adaptive)])[("lm", "wikitext-2")]
+    assert [row["model"] for row in rows] == ["lstm (60 min) [adaptive_cutoffs=unset, head=full]",
+                                              "lstm (60 min) [adaptive_cutoffs=[2000,10000], head=adaptive]"]
+
+
 def test_check_reports_a_stale_readme_and_plot(tmp_path, capsys):
     root = board(tmp_path, {"a.json": REAL})
     assert main(["--root", str(root), "--check"]) == 1

@@ -44,6 +44,19 @@ def test_rounds_reallocate_between_epochs_and_the_saved_model_keeps_the_table(lm
     assert not torch.equal(model.table.cell_word, type(model)(model.config).table.cell_word)
 
 
+def test_reallocations_cap_the_moves_and_restart_the_plateau(lm_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    settings = {**LIGHTRNN, "lightrnn.rounds": 4, "lightrnn.reallocations": 1, "train.schedule": "plateau"}
+    launch(tiny_lm_overrides(lm_corpus, run_dir, **settings))
+    record = json.loads((run_dir / "result.json").read_text())
+    assert [r["epoch"] for r in record["lightrnn"]["reallocations"]] == [1]
+    assert [h["epoch"] for h in record["train"]["history"]] == [1, 2, 3, 4]
+    state = json.loads(next(run_dir.glob("checkpoints/*/trainer_state.json")).read_text())
+    # The reference restarted after epoch 1's move: the best metric seen since is from epoch 2 on.
+    history = [h["valid_ppl"] for h in record["train"]["history"]]
+    assert state["schedule"]["best"] == pytest.approx(min(history[1:]))
+
+
 def test_generate_and_evaluate_a_trained_lightrnn(capsys, lm_corpus, tmp_path, fresh_accelerate_state):
     from nlprnn.cli import main
 

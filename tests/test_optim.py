@@ -54,3 +54,13 @@ def test_plateau_anneals_and_round_trips():
     t.load_state_dict(s.state_dict())
     t.on_eval(91.0)
     assert t.lr_at(0) == 1.25 and math.isclose(t.best, 90.0)
+
+
+def test_a_restarted_plateau_takes_the_next_evaluation_as_its_reference():
+    s = LRSchedule(TrainConfig(lr=20.0, schedule="plateau", plateau_factor=0.25), total_steps=None)
+    s.on_eval(100.0)
+    s.restart_plateau()
+    s.on_eval(400.0)  # worse than before the restart, yet no annealing
+    assert s.lr_at(0) == 20.0 and s.best == 400.0
+    s.on_eval(410.0)
+    assert s.lr_at(0) == 5.0

@@ -76,6 +76,10 @@ class LRSchedule:
             self.plateau_scale *= self.cfg.plateau_factor
             self.bad_evals = 0
 
+    def restart_plateau(self) -> None:
+        """Forget the best metric so far (the next evaluation becomes the reference); the scale is kept."""
+        self.best, self.bad_evals = None, 0
+
     def state_dict(self) -> dict:
         return {"plateau_scale": self.plateau_scale, "best": self.best, "bad_evals": self.bad_evals}
 

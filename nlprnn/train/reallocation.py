@@ -8,7 +8,11 @@ epochs (while training goes on) it
 2. sums them over processes (all-reduce in float64: every process then holds the costs of the whole data),
 3. solves the matching on the main process (`reallocate_words`) and broadcasts the new table,
 4. installs it in every process's model, measures the validation perplexity of the same weights with the
-   new table, and appends the round's figures to `trainer.state.events`.
+   new table, and appends the round's figures to `trainer.state.events`,
+5. restarts the plateau schedule's reference (`lightrnn.restart_plateau`), so the first evaluation after
+   the move is compared with later ones, not with the perplexity of the old table.
+
+`lightrnn.reallocations` caps the number of moves: after the last one the table stays and training goes on.
 
 The table is a buffer of the model, so the checkpoint written right after the hook carries it, and a run
 resumed from there goes on with the re-allocated table; a run killed during the hook redoes the epoch's end
@@ -39,6 +43,9 @@ class WordReallocation:
         st = trainer.state
         if self.rounds.solver == "none" or st.epoch % self.rounds.epochs_per_round:
             return
+        done = sum(e.get("event") == "reallocation" for e in st.events)
+        if self.rounds.reallocations and done >= self.rounds.reallocations:
+            return
         acc = trainer.accelerator
         model = trainer.unwrapped
         table = model.table
@@ -60,7 +67,7 @@ class WordReallocation:
             last = st.history[-1] if st.history else {}
             event[0] = {
                 "event": "reallocation",
-                "round": sum(e.get("event") == "reallocation" for e in st.events) + 1,
+                "round": done + 1,
                 "epoch": st.epoch,
                 "step": st.step,
                 "valid_ppl_before": last.get("valid_ppl"),
@@ -74,6 +81,8 @@ class WordReallocation:
         # The same weights with the new table: how much the move costs before training adapts to it.
         event[0]["valid_ppl_after"] = trainer.task.evaluate(trainer.model, "valid")["ppl"]
         st.events.append(event[0])
+        if self.rounds.restart_plateau:
+            trainer.schedule.restart_plateau()
         if acc.is_main_process:
             e = event[0]
             before = "n/a" if e["valid_ppl_before"] is None else f"{e['valid_ppl_before']:.2f}"
