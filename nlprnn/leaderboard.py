@@ -101,7 +101,11 @@ def _flat(config: dict, prefix: str = "") -> dict[str, object]:
 
 
 def _name_apart(rows: list[dict], most: int = 3) -> None:
-    """Rows that would share a label (e.g. full and adaptive softmax LSTMs) get the settings they differ in."""
+    """Rows that would share a label (e.g. full and adaptive softmax LSTMs) get the settings they differ in.
+
+    Only keys every record has count: a key missing from an older record is a setting added to the code
+    since, not a choice. Rows that differ in nothing else are told apart by commit.
+    """
     by_label: dict[str, list[dict]] = {}
     for row in rows:
         by_label.setdefault(row["model"], []).append(row)
@@ -109,11 +113,11 @@ def _name_apart(rows: list[dict], most: int = 3) -> None:
         if len(same) < 2:
             continue
         configs = [_flat(row["records"][0]["config"]) for row in same]
-        keys = sorted({k for c in configs for k in c} - {"train.seed", "run.dir"})
-        differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+        keys = sorted(set.intersection(*(set(c) for c in configs)) - {"train.seed", "run.dir"})
+        differing = [k for k in keys if len({json.dumps(c[k], sort_keys=True) for c in configs}) > 1]
         for row, config in zip(same, configs):
-            shown = [f"{k.split('.')[-1]}={_short(config.get(k, 'unset'))}" for k in differing[:most]]
-            row["model"] += f" [{', '.join(shown)}]"
+            shown = [f"{k.split('.')[-1]}={_short(config[k])}" for k in differing[:most]]
+            row["model"] += f" [{', '.join(shown) or 'commit ' + row['records'][0]['git_commit'][:8]}]"
 
 
 def _short(value) -> str:

@@ -52,10 +52,15 @@ def test_rows_that_would_share_a_label_show_the_settings_they_differ_in(tmp_path
     adaptive = variant(**{"metrics.test_ppl": 160.0})
     full["config"]["model"]["head"], adaptive["config"]["model"]["head"] = "full", "adaptive"
     adaptive["config"]["model"]["adaptive_cutoffs"] = [2000, 10000]
-    full["config"]["model"].pop("adaptive_cutoffs", None)
+    adaptive["config"]["decode"] = {"beam_size": 5}  # a section newer code added: not a difference
     rows = rows_by_table([{**r, "_file": "x"} for r in (full, adaptive)])[("lm", "wikitext-2")]
-    assert [row["model"] for row in rows] == ["lstm (60 min) [adaptive_cutoffs=unset, head=full]",
+    assert [row["model"] for row in rows] == ["lstm (60 min) [adaptive_cutoffs=[], head=full]",
                                               "lstm (60 min) [adaptive_cutoffs=[2000,10000], head=adaptive]"]
+    again = variant(**{"metrics.test_ppl": 170.0, "git_commit": "f" * 40})
+    again["config"]["model"]["head"] = "full"
+    again["config"]["train"]["a_newer_setting"] = 1
+    rows = rows_by_table([{**r, "_file": "x"} for r in (full, again)])[("lm", "wikitext-2")]
+    assert rows[1]["model"] == "lstm (60 min) [commit ffffffff]"
 
 
 def test_check_reports_a_stale_readme_and_plot(tmp_path, capsys):
