@@ -550,6 +550,18 @@ def test_reallocation_benchmark_runs(tmp_path):
     assert "cost / reference" in out.stdout
 
 
+@pytest.mark.slow
+def test_reallocation_benchmark_times_out_the_solver_not_the_cost_generation(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "lightrnn_reallocation.py"), "--sizes", "60000",
+         "--solvers", "sparse", "--timeout", "1", "--output", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": ""},
+    )
+    assert out.returncode == 1 and "solver timed out after 1 s (costs generated in" in out.stdout
+    (failure,) = json.loads((tmp_path / "bench.json").read_text())["failures"]
+    assert failure["error"] == "timeout" and failure["generate_seconds"] > 0
+
+
 def test_reallocate_words_takes_and_gives_a_word_table():
     from nlprnn.models import build_model
 
