@@ -131,7 +131,9 @@ def main() -> None:
                 command += ["--timeout", str(args.timeout)]
             out = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
             if out.returncode == -signal.SIGALRM:
-                generated = json.loads(out.stderr.strip().splitlines()[0])["generate_seconds"]
+                # The worker's first JSON line on stderr; warnings may come before it.
+                generated = next(json.loads(line)["generate_seconds"] for line in out.stderr.splitlines()
+                                 if line.startswith('{"generate_seconds"'))
                 print(f"{size:>9} {solver:>12}   solver timed out after {args.timeout:.0f} s (costs generated in "
                       f"{generated:.0f} s)", flush=True)
                 failures.append({"vocab": size, "solver": solver, "error": "timeout", "timeout": args.timeout,

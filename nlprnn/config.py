@@ -283,6 +283,17 @@ def from_dict(cls, data: dict | None, prefix: str):
 # YAML + overrides -> ExperimentConfig
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}: the dotted keys overrides use."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
     parts = dotted.split(".")
     node = tree

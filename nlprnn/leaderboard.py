@@ -23,6 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from nlprnn.config import flatten
 from nlprnn.errors import NlprnnError
 from nlprnn.results import read_record
 
@@ -90,16 +91,6 @@ def rows_by_table(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return tables
 
 
-def _flat(config: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _name_apart(rows: list[dict], most: int = 3) -> None:
     """Rows that would share a label (e.g. full and adaptive softmax LSTMs) get the settings they differ in.
 
@@ -112,7 +103,7 @@ def _name_apart(rows: list[dict], most: int = 3) -> None:
     for same in by_label.values():
         if len(same) < 2:
             continue
-        configs = [_flat(row["records"][0]["config"]) for row in same]
+        configs = [flatten(row["records"][0]["config"]) for row in same]
         keys = sorted(set.intersection(*(set(c) for c in configs)) - {"train.seed", "run.dir"})
         differing = [k for k in keys if len({json.dumps(c[k], sort_keys=True) for c in configs}) > 1]
         for row, config in zip(same, configs):

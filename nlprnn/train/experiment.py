@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, set_seed
 
-from nlprnn.config import ExperimentConfig, dump_yaml
+from nlprnn.config import ExperimentConfig, dump_yaml, flatten
 from nlprnn.hub import write_model_card
 from nlprnn.io import atomic_write_text
 from nlprnn.metrics import hardware, peak_memory_bytes
@@ -44,20 +44,10 @@ def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
                           f"thread(s) on {cores} CPU cores; `accelerate launch` sets OMP_NUM_THREADS=1 unless "
                           f"given --num_cpu_threads_per_process {cores // accelerator.num_processes}")
     if tracker != "none":
-        flat = _flatten(cfg.to_dict())
+        # Trackers take scalars only: lists and None become their text.
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(cfg.to_dict()).items()}
         accelerator.init_trackers("tensorboard", config=flat)
     return accelerator
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
 
 
 def apply_transfer(model, cfg: ExperimentConfig, task) -> dict:
