@@ -10,14 +10,14 @@ same model and configuration that differ only in seed are one row, shown as mean
 Published numbers come from `leaderboard/references.yaml` and are shown in a separate table, never mixed
 with measured rows.
 
-Each plot is a PNG whose text chunk holds the hash of the data it was drawn from; `--check` recomputes the
-README and those hashes, so it does not depend on how matplotlib renders on a given machine.
+Benchmark records get a table each (the figures the benchmark printed) and feed the Light RNN plots. Each
+plot is a PNG whose text chunk holds the hash of the data it was drawn from (see `nlprnn.plots`); `--check`
+recomputes the README and those hashes, so it does not depend on how matplotlib renders on a given machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from nlprnn.config import flatten
 from nlprnn.errors import NlprnnError
+from nlprnn.plots import data_hash, draw, png_data_hash
 from nlprnn.results import read_record
 
 ROOT = Path(__file__).resolve().parents[1] / "leaderboard"
@@ -151,10 +152,11 @@ def render_readme(runs: list[dict], benchmarks: list[dict], references: list[dic
         lines += [f"![{title}]({name})" for name, title in sorted(plots.items())]
         lines.append("")
     if benchmarks:
-        lines += ["## Benchmark records", "", "| benchmark | date | commit | command |", "| --- | --- | --- | --- |"]
+        lines += ["## Benchmark records", ""]
         for b in sorted(benchmarks, key=lambda b: (b["benchmark"], b["date"])):
-            lines.append(f"| {b['benchmark']} | {b['date'][:10]} | `{b['git_commit'][:8]}` | `{b['command']}` |")
-        lines.append("")
+            lines += [f"### {b['benchmark']}: {Path(b['_file']).name}", "",
+                      f"{b['date'][:10]}, commit `{b['git_commit'][:8]}`, {_hardware(b)}: `{b['command']}`", ""]
+            lines += BENCHMARK_TABLES.get(b["benchmark"], _rows_table)(b)
     if references:
         lines += ["## Published reference numbers (not measured here)", "",
                   "| task | dataset | model | metric | value | source |", "| --- | --- | --- | --- | --- | --- |"]
@@ -162,6 +164,50 @@ def render_readme(runs: list[dict], benchmarks: list[dict], references: list[dic
             lines.append(f"| {r['task']} | {r['dataset']} | {r['model']} | {r['metric']} | {r['value']} | {r['source']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:,.4g}" if abs(value) < 10 else f"{value:,.1f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+            *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows), ""]
+
+
+def _lightrnn_speed_tables(b: dict) -> list[str]:
+    params = _table(["V", "E = H", "full softmax", "full, tied", "Light RNN", "full / Light RNN"],
+                    [[p["vocab"], p["size"], p["lstm"]["embedding_softmax"], p["lstm_tied"]["embedding_softmax"],
+                      p["lightrnn"]["embedding_softmax"], p["lstm_embedding_softmax_ratio"]] for p in b["params"]])
+    speed = _table(["V", "Light RNN tokens/s", "full softmax", "adaptive", "vs full", "vs adaptive",
+                    "peak RSS full / Light RNN"],
+                   [[r["vocab"], *(r["runs"][m]["tokens_per_second"] for m in ("lightrnn", "lstm", "adaptive")),
+                     r["speedup_vs_lstm"], r["speedup_vs_adaptive"], r["memory_ratio_lstm_vs_lightrnn"]]
+                    for r in b["speed"]])
+    return ["Embedding + softmax parameters:", "", *params, "Training speed:", "", *speed,
+            *([b["target_text"], ""] if b.get("target_text") else [])]
+
+
+def _reallocation_table(b: dict) -> list[str]:
+    return _table(["V", "solver", "seconds", "peak RSS MiB", "data MiB", "cost after / before", "words moved",
+                   "cost / exact"],
+                  [[r["vocab"], r["solver"], r["seconds"], round(r["peak_rss_bytes"] / 2**20),
+                    round(r["data_rss_bytes"] / 2**20), r["cost_after"] / r["cost_before"], r["words_moved"],
+                    f"{r['cost_vs_reference']:.4f} ({r['reference']})"] for r in b["runs"]]) + \
+        [f"failed: {f}" for f in b.get("failures", [])]
+
+
+def _rows_table(b: dict) -> list[str]:
+    """Any other benchmark: its `rows`, one column per scalar field."""
+    rows = b.get("rows") or []
+    if not rows:
+        return []
+    header = [k for k, v in rows[0].items() if isinstance(v, (int, float, str))]
+    return _table(header, [[row.get(k, "") for k in header] for row in rows])
+
+
+BENCHMARK_TABLES = {"lightrnn_speed": _lightrnn_speed_tables, "lightrnn_reallocation": _reallocation_table}
 
 
 def read_references(root: Path) -> list[dict]:
@@ -204,74 +250,14 @@ def plot_data(runs: list[dict], benchmarks: list[dict]) -> dict[str, tuple[str, 
                    "lightrnn": r["lightrnn"]["embedding_softmax"]} for r in latest.get("params", [])]
         plots["lightrnn_vs_softmax.png"] = ("Light RNN vs full and adaptive softmax: parameters and speed vs V",
                                             {"params": params, "speed": speed_points})
+    latest_run: dict[tuple, dict] = {}  # (V, solver) -> its most recent measurement over all records
+    for b in sorted((b for b in benchmarks if b["benchmark"] == "lightrnn_reallocation"), key=lambda b: b["date"]):
+        for r in b.get("runs", []):
+            latest_run[(r["vocab"], r["solver"])] = {k: r[k] for k in ("vocab", "solver", "seconds", "cost_vs_reference")}
+    if latest_run:
+        plots["lightrnn_reallocation.png"] = ("Light RNN word re-allocation: solver time and cost vs V (synthetic costs)",
+                                              {"runs": [latest_run[k] for k in sorted(latest_run)]})
     return plots
-
-
-PLOT_STYLE = 2  # bump when `draw` changes, so --check asks for the plots to be redrawn
-
-
-def data_hash(data: dict) -> str:
-    return hashlib.sha256(json.dumps([PLOT_STYLE, data], sort_keys=True).encode()).hexdigest()[:16]
-
-
-def draw(name: str, title: str, data: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lightrnn = name == "lightrnn_vs_softmax.png"
-    fig, axes = plt.subplots(1, 2 if lightrnn else 1, figsize=(10 if lightrnn else 7, 4.5))
-    ax = axes[0] if lightrnn else axes
-    if name.startswith("quality_vs_time"):
-        points = data["points"]
-        for p in points:
-            ax.scatter(p["minutes"], p["test"])
-            ax.annotate(p["model"], (p["minutes"], p["test"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
-        front, best = [], None  # Pareto front: no other row is both faster and better
-        for p in sorted(points, key=lambda p: p["minutes"]):
-            if best is None or (p["test"] > best if data["higher"] else p["test"] < best):
-                front.append(p)
-                best = p["test"]
-        ax.plot([p["minutes"] for p in front], [p["test"] for p in front], "k--", lw=1, label="Pareto front")
-        ax.set_xlabel("training wall time (minutes)")
-        ax.set_ylabel(f"test {data['metric']}")
-        ax.legend()
-    elif name.startswith("throughput"):
-        points = data["points"]
-        ax.bar([p["model"] for p in points], [p["speed"] for p in points])
-        ax.set_ylabel("training tokens/s")
-    else:
-        params, speed = data["params"], data["speed"]
-        for key, label in (("lstm", "full softmax"), ("lightrnn", "Light RNN")):
-            rows = [r for r in params if r.get("size") == 200]
-            ax.loglog([r["vocab"] for r in rows], [r[key] for r in rows], "o-", label=label)
-        ax.set_xlabel("vocabulary size V")
-        ax.set_ylabel("embedding + softmax parameters (E = H = 200)")
-        ax.legend(fontsize=8)
-        right = axes[1]
-        for model in sorted({r["model"] for r in speed}):
-            rows = sorted((r for r in speed if r["model"] == model), key=lambda r: r["vocab"])
-            right.semilogx([r["vocab"] for r in rows], [r["tokens_per_second"] for r in rows], "s-", label=model)
-        right.set_xlabel("vocabulary size V")
-        right.set_ylabel("training tokens/s")
-        right.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, metadata={"Software": None, "nlprnn-data": data_hash(data)})
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def png_data_hash(path: Path) -> str | None:
-    """The nlprnn-data text chunk of a PNG written by `draw`."""
-    if not path.exists():
-        return None
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.text.get("nlprnn-data") if hasattr(image, "text") else None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -85,6 +85,27 @@ def test_a_record_without_its_provenance_is_rejected_by_name(tmp_path, capsys):
     assert "bad.json" in capsys.readouterr().err
 
 
+def test_benchmark_records_get_their_tables_and_the_reallocation_plot(tmp_path):
+    root = board(tmp_path, {"a.json": REAL})
+    bench = root / "results" / "benchmarks"
+    bench.mkdir(parents=True)
+    common = {k: REAL[k] for k in ("hardware", "git_commit")} | {"command": "python benchmarks/x.py"}
+    runs = [{"vocab": v, "solver": solver, "seconds": seconds, "peak_rss_bytes": 2**30, "data_rss_bytes": 2**29,
+             "cost_before": 10.0, "cost_after": 2.5, "words_moved": v // 2, "cost_vs_reference": ratio,
+             "reference": "dense"} for v, solver, seconds, ratio in ((100, "sparse", 0.5, 1.0), (100, "greedy", 0.1, 1.3))]
+    (bench / "realloc.json").write_text(json.dumps({"benchmark": "lightrnn_reallocation", "runs": runs,
+                                                    "date": "2026-12-01T00:00:00", **common}))
+    rows = [{"model": "gru_attn", "beam_size": 5, "batched_sentences_per_second": 120.5, "checkpoint": "runs/x"}]
+    (bench / "decode.json").write_text(json.dumps({"benchmark": "decode_speed", "rows": rows,
+                                                   "date": "2026-12-02T00:00:00", **common}))
+    generate(root)
+    readme = (root / "README.md").read_text()
+    assert "| 100 | greedy | 0.1 | 1,024 | 512 | 0.25 | 50 | 1.3000 (dense) |" in readme
+    assert "| model | beam_size | batched_sentences_per_second | checkpoint |" in readme
+    assert "| gru_attn | 5 | 120.5 | runs/x |" in readme
+    assert (root / "lightrnn_reallocation.png").exists()
+
+
 def test_the_committed_leaderboard_is_up_to_date():
     assert main(["--check"]) == 0, "run `nlprnn leaderboard` and commit leaderboard/"
 

@@ -44,6 +44,14 @@ def test_step_budget_accumulation_and_early_stopping(lm_corpus, tmp_path, fresh_
     assert record["train"]["epochs"] == pytest.approx(14 / math.ceil((record["data"]["tokens"]["train"] // 4 - 1) / 8))
 
 
+def test_without_the_progress_bar_a_line_is_printed_every_log_every_steps(lm_corpus, tmp_path, capsys,
+                                                                          fresh_accelerate_state):
+    run(lm_corpus, tmp_path, **{"train.max_steps": 6, "train.log_every": 2})
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ") and "| loss" in line]
+    assert [line.split()[1] for line in lines] == ["2", "4", "6"]
+    assert "tokens/s" in lines[0] and "epoch 1 batch 2/" in lines[0]
+
+
 def test_early_stopping(lm_corpus, tmp_path, fresh_accelerate_state):
     # lr 0 never improves after the first evaluation, so patience 2 stops after three evaluations.
     record = run(lm_corpus, tmp_path, **{"train.lr": 0.0, "train.epochs": 10, "train.eval_every": 3,
