@@ -79,9 +79,11 @@ def greedy_search(model, src: torch.Tensor, src_lengths: torch.Tensor, max_ratio
             log_prob[sentence] += value
             if not ended[row]:
                 tokens[sentence].append(token)
-        keep = torch.nonzero(~ended).flatten()
-        live, prev = live[keep], best[keep]
-        state, memory = select(state, keep), select(memory, keep)
+        if ended.any():  # shrink the batch (memory is the largest tensor: copy it only when rows leave)
+            keep = torch.nonzero(~ended).flatten()
+            best, state, memory = best[keep], select(state, keep), select(memory, keep)
+            live = live[keep]
+        prev = best
         step += 1
     return [Hypothesis(t, lp / length_penalty(len(t) + 1, 0.0), lp) for t, lp in zip(tokens, log_prob)]
 
@@ -110,9 +112,14 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: 
         log_probs, state = model.decode_step(prev, state, memory)
         vocab = log_probs.shape[-1]
         log_probs = _allowed(log_probs, config, (step >= limits[live]).repeat_interleave(k))
-        candidates = (scores[:, :, None] + log_probs.view(n, k, vocab)).view(n, k * vocab)
-        top_scores, top = candidates.topk(min(2 * k, k * vocab), dim=1)
-        top_beam, top_token = top // vocab, top % vocab
+        # The 2k best extensions of a sentence are among the 2k best tokens of each of its beams: ranking those
+        # k x 2k instead of all k x V candidates gives the same result for a fraction of the work.
+        width = min(2 * k, vocab)
+        beam_best, beam_token = log_probs.topk(width, dim=1)
+        candidates = (scores[:, :, None] + beam_best.view(n, k, width)).view(n, k * width)
+        top_scores, top = candidates.topk(min(2 * k, k * width), dim=1)
+        top_beam = top // width
+        top_token = beam_token.view(n, k * width).gather(1, top)
         is_eos = top_token == config.eos_id
 
         ending = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
@@ -133,7 +140,8 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: 
         rows = (keep[:, None] * k + beam[keep]).flatten()  # the beams each kept sentence extends
         tokens = torch.cat([tokens[rows], token[keep].reshape(-1, 1)], dim=1)
         state = select(state, rows)
-        memory = select(memory, (keep[:, None] * k + torch.arange(k, device=device)).flatten())
+        if len(keep) < n:  # a sentence's k beams share its memory rows, so only leaving sentences need a copy
+            memory = select(memory, (keep[:, None] * k + torch.arange(k, device=device)).flatten())
         live, scores, prev = live[keep], scores[keep], token[keep].flatten()
         step += 1
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
