@@ -2,7 +2,8 @@
 
     nlprnn leaderboard                       validate every record, rewrite README.md and the plots
     nlprnn leaderboard --check               exit 1 when the committed README or plots are stale
-    nlprnn leaderboard --reproduce RECORD [--budget-minutes N]   re-run a record's command, compare metrics
+    nlprnn leaderboard --reproduce RECORD [--budget-minutes N | --same-steps]   re-run a record's command,
+                                             compare metrics
 
 Run records live in `leaderboard/results/<task>/<dataset>/*.json` (written by the recipes), benchmark records
 in `leaderboard/results/benchmarks/*.json` (written by the benchmark scripts with --json). Records of the
@@ -286,21 +287,40 @@ def generate(root: Path = ROOT, check: bool = False) -> list[str]:
     return stale
 
 
-def reproduce(record_path: str, budget_minutes: float | None, run_dir: str | None) -> dict:
-    """Re-run a record's command (shorter with a budget) and return both metric sets."""
+def reproduce_command(record: dict, run_dir: str, budget_minutes: float | None = None,
+                      same_steps: bool = False) -> list[str]:
+    """The record's command with overrides: a fresh run.dir, and optionally a shorter budget or the same steps.
+
+    A wall-clock budget buys fewer steps on a slower machine; `same_steps` replaces it with the number of
+    optimizer steps the recorded run took, so the rerun does the same training whatever the hardware (on
+    the same CPU type it is the same computation, up to float reordering across kernels).
+    """
     import shlex
+
+    if budget_minutes and same_steps:
+        raise NlprnnError("--budget-minutes and --same-steps exclude each other")
+    command = shlex.split(record["command"])
+    if command[0] == "python":
+        command[0] = sys.executable
+    overrides = [f"run.dir={run_dir}", "run.resume=false"]
+    if budget_minutes:
+        overrides.append(f"train.max_minutes={budget_minutes}")
+    if same_steps:
+        train = record["config"].get("train", {})
+        if train.get("schedule") == "cosine" and not train.get("max_steps"):
+            raise NlprnnError("--same-steps: the recorded run's cosine schedule spans its epochs (train.max_steps "
+                              "was 0), so setting max_steps would change the schedule; use its time budget")
+        overrides += [f"train.max_steps={record['train']['steps']}", "train.max_minutes=0"]
+    return command + overrides  # later key=value pairs win over the recorded ones
+
+
+def reproduce(record_path: str, budget_minutes: float | None, run_dir: str | None, same_steps: bool = False) -> dict:
+    """Re-run a record's command and return both metric sets."""
     import subprocess
 
     record = read_record(record_path)
-    command = shlex.split(record["command"])
     new_dir = run_dir or str(Path("runs") / "reproduce" / Path(record_path).stem)
-    overrides = [f"run.dir={new_dir}", "run.resume=false"]
-    if budget_minutes:
-        overrides.append(f"train.max_minutes={budget_minutes}")
-    # Later key=value pairs win, so the overrides replace the recorded run.dir / budget.
-    if command[0] == "python":
-        command[0] = sys.executable
-    subprocess.run(command + overrides, check=True)
+    subprocess.run(reproduce_command(record, new_dir, budget_minutes, same_steps), check=True)
     new = read_record(Path(new_dir) / "result.json", require_commit=False)
     return {"old": record["metrics"], "new": new["metrics"]}
 
@@ -314,13 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when README.md or a plot is stale")
     parser.add_argument("--reproduce", metavar="RECORD", help="re-run this record's command")
     parser.add_argument("--budget-minutes", type=float, default=None, help="with --reproduce: a shorter budget")
+    parser.add_argument("--same-steps", action="store_true",
+                        help="with --reproduce: train for the recorded number of steps instead of its time budget")
     parser.add_argument("--run-dir", default=None, help="with --reproduce: where the new run goes")
     args = parser.parse_args(argv)
     status = [0]
 
     def run() -> None:
         if args.reproduce:
-            result = reproduce(args.reproduce, args.budget_minutes, args.run_dir)
+            result = reproduce(args.reproduce, args.budget_minutes, args.run_dir, args.same_steps)
             for key in sorted(set(result["old"]) | set(result["new"])):
                 old, new = result["old"].get(key), result["new"].get(key)
                 if isinstance(old, float) and isinstance(new, float):

@@ -8,7 +8,7 @@ from conftest import REPO, tiny_lm_overrides
 from test_resume_distributed import launch
 
 from nlprnn.errors import NlprnnError
-from nlprnn.leaderboard import generate, main, rows_by_table
+from nlprnn.leaderboard import generate, main, reproduce_command, rows_by_table
 
 REAL = json.loads((REPO / "leaderboard" / "results" / "lm" / "wikitext-2" / "wikitext2_lstm_60min.json").read_text())
 
@@ -108,6 +108,21 @@ def test_benchmark_records_get_their_tables_and_the_reallocation_plot(tmp_path):
 
 def test_the_committed_leaderboard_is_up_to_date():
     assert main(["--check"]) == 0, "run `nlprnn leaderboard` and commit leaderboard/"
+
+
+def test_reproduce_by_budget_or_by_the_recorded_steps():
+    base = reproduce_command(REAL, "runs/again")
+    assert base[:3] == ["accelerate", "launch", "--num_cpu_threads_per_process"]
+    assert base[-2:] == ["run.dir=runs/again", "run.resume=false"]
+    assert reproduce_command(REAL, "runs/again", budget_minutes=5)[-1] == "train.max_minutes=5"
+    steps = reproduce_command(REAL, "runs/again", same_steps=True)
+    assert steps[-2:] == [f"train.max_steps={REAL['train']['steps']}", "train.max_minutes=0"]
+    with pytest.raises(NlprnnError, match="exclude each other"):
+        reproduce_command(REAL, "runs/again", budget_minutes=5, same_steps=True)
+    cosine = variant()
+    cosine["config"]["train"].update(schedule="cosine", max_steps=0)
+    with pytest.raises(NlprnnError, match="cosine schedule spans its epochs"):
+        reproduce_command(cosine, "runs/again", same_steps=True)
 
 
 @pytest.mark.slow
