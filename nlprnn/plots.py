@@ -48,7 +48,7 @@ def _throughput(fig, data: dict) -> None:
     ax = fig.add_subplot(1, 1, 1)
     points = data["points"]
     ax.bar([p["model"] for p in points], [p["speed"] for p in points])
-    ax.set_ylabel(data.get("unit", "training tokens/s"))
+    ax.set_ylabel("training tokens/s")
     ax.tick_params(axis="x", labelsize=7, labelrotation=15)
 
 
