@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, tiny_lm_overrides
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def launch(overrides, processes=1, env=None, check=True, precision=None, recipe=
 
 def final_weights(run_dir: Path) -> dict:
     (checkpoint,) = (run_dir / "checkpoints").glob("step-*")
-    return torch.load(checkpoint / "pytorch_model.bin", weights_only=True)
+    return load_file(checkpoint / "model.safetensors")
 
 
 def test_killed_run_resumes_bitwise(lm_corpus, tmp_path):

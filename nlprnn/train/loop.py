@@ -6,8 +6,8 @@ evaluation, early stopping, budgets, non-finite steps, checkpoints and exact res
 
 Exact resume: a checkpoint is taken only at an optimizer-step boundary (no half-accumulated gradient is
 lost) and holds the model, optimizer, RNG of every process and the Accelerate step counter
-(`accelerator.save_state`), the task's per-process carried state (safetensors), and this loop's
-counters and data position (JSON). It is written under a temporary name and renamed into place, so a
+(`checkpoint.py`: safetensors and JSON, never pickles), the task's per-process carried state
+(safetensors), and this loop's counters and data position (JSON). It is written under a temporary name and renamed into place, so a
 kill at any moment leaves the previous checkpoint whole.
 """
 
@@ -30,6 +30,7 @@ from nlprnn.config import ExperimentConfig
 from nlprnn.errors import NlprnnError
 from nlprnn.hub import save_pretrained
 from nlprnn.io import atomic_write_json
+from nlprnn.train.checkpoint import load_training_state, save_training_state
 from nlprnn.train.optim import LRSchedule, build_optimizer
 
 
@@ -260,7 +261,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=False)  # optimizer/RNG are not safetensors anyway
+        save_training_state(tmp, acc, self.model, self.optimizer)
         save_file(self.task.state_tensors(), str(tmp / f"task_state_{acc.process_index}.safetensors"))
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -286,7 +287,7 @@ class Trainer:
         if saved["num_processes"] != acc.num_processes:
             raise NlprnnError(f"{path}: written by {saved['num_processes']} processes, resumed with "
                               f"{acc.num_processes}; resume with the same number (the BPTT streams differ)")
-        acc.load_state(str(path))
+        load_training_state(path, acc, self.model, self.optimizer)
         task_file = path / f"task_state_{acc.process_index}.safetensors"
         self.task.load_state_tensors(load_file(str(task_file)))
         self.state = TrainerState(**{**saved["trainer"], "stop_reason": ""})
