@@ -51,6 +51,9 @@ def test_tiny_run_writes_a_translation_record_and_a_usable_model(mt_corpus, tmp_
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
     assert [r["beam_size"] for r in rows] == [1, 5] and all(r["single_sentences_per_second"] > 0 for r in rows)
+    assert rows[0]["batched_time_vs_greedy"] == 1.0
+    assert rows[1]["batched_time_vs_greedy"] == pytest.approx(
+        rows[0]["batched_sentences_per_second"] / rows[1]["batched_sentences_per_second"])
     assert "batched beam 5 takes" in out.stdout
 
 
