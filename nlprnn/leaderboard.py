@@ -56,11 +56,21 @@ def load_records(root: Path) -> tuple[list[dict], list[dict]]:
 
 
 def _identity(record: dict) -> str:
-    """Records equal but for seed and output folder are seeds of one row."""
+    """Records equal but for seed and output folder, run with the same compute, are seeds of one row."""
     config = json.loads(json.dumps(record["config"]))
     config.get("train", {}).pop("seed", None)
     config.get("run", {}).pop("dir", None)
-    return json.dumps([record["task"], record["dataset"], record["model"], config], sort_keys=True)
+    return json.dumps([record["task"], record["dataset"], record["model"], config, _compute(record)], sort_keys=True)
+
+
+def _compute(record: dict) -> dict:
+    """What a wall-clock budget buys, besides the config: device, threads, processes, precision.
+
+    (The CPU model is left out: sessions land on different machines, and the hardware column shows it.)
+    """
+    h = record["hardware"]
+    return {"device": h.get("gpu") or "cpu", "threads": h.get("torch_threads"),
+            "processes": h.get("num_processes", 1), "precision": h.get("mixed_precision", "no")}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -105,7 +115,7 @@ def _name_apart(rows: list[dict], most: int = 3) -> None:
     for same in by_label.values():
         if len(same) < 2:
             continue
-        configs = [flatten(row["records"][0]["config"]) for row in same]
+        configs = [flatten(row["records"][0]["config"]) | _compute(row["records"][0]) for row in same]
         keys = sorted(set.intersection(*(set(c) for c in configs)) - {"train.seed", "run.dir"})
         differing = [k for k in keys if len({json.dumps(c[k], sort_keys=True) for c in configs}) > 1]
         for row, config in zip(same, configs):

@@ -63,6 +63,15 @@ def test_rows_that_would_share_a_label_show_the_settings_they_differ_in(tmp_path
     assert rows[1]["model"] == "lstm (60 min) [commit ffffffff]"
 
 
+def test_runs_with_other_compute_are_not_seeds_of_one_row(tmp_path):
+    # Under a wall-clock budget one thread buys less training than two: a different row, labelled so.
+    two = variant(**{"metrics.test_ppl": 150.0})
+    one = variant(**{"metrics.test_ppl": 170.0})
+    one["hardware"]["torch_threads"], two["hardware"]["torch_threads"] = 1, 2
+    rows = rows_by_table([{**r, "_file": "x"} for r in (two, one)])[("lm", "wikitext-2")]
+    assert [row["model"] for row in rows] == ["lstm (60 min) [threads=2]", "lstm (60 min) [threads=1]"]
+
+
 def test_check_reports_a_stale_readme_and_plot(tmp_path, capsys):
     root = board(tmp_path, {"a.json": REAL})
     assert main(["--root", str(root), "--check"]) == 1
