@@ -40,9 +40,9 @@ def launch(config: str, run_dir: Path, threads: int, overrides: list[str]) -> su
            "--num_cpu_threads_per_process", str(threads), "--mixed_precision", "no", "--dynamo_backend", "no",
            str(REPO / "recipes" / "ner.py"), "--config", config, f"run.dir={run_dir}", "run.progress=false",
            *overrides]
-    log = open(run_dir / "train.log", "w")  # noqa: SIM115 - closed when the process ends (inherited)
-    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with open(run_dir / "train.log", "w") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def summarise(records: list[dict]) -> dict:

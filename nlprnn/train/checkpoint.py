@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file, save_model
 
 from nlprnn.errors import NlprnnError
-from nlprnn.hub import load_tensors_checked
+from nlprnn.hub import load_state_dict_checked
 from nlprnn.io import atomic_write_json
 
 PICKLED_STATE = ("pytorch_model.bin", "optimizer.bin", "random_states_0.pkl")
@@ -52,8 +52,7 @@ def load_training_state(directory: Path, accelerator, model: torch.nn.Module, op
     if not (directory / "model.safetensors").exists() and any((directory / n).exists() for n in PICKLED_STATE):
         raise NlprnnError(f"{directory}: a checkpoint in Accelerate's pickled format (an older nlprnn); it is not "
                           "loaded because unpickling can run code. Start the run again in a new run.dir.")
-    load_tensors_checked(accelerator.unwrap_model(model), _load(directory / "model.safetensors"),
-                         str(directory / "model.safetensors"))
+    load_state_dict_checked(accelerator.unwrap_model(model), directory / "model.safetensors")
     meta = _read_json(directory / "optimizer.json")
     optimizer.load_state_dict(_join_optimizer_state(_load(directory / "optimizer.safetensors"), meta, optimizer))
     if accelerator.scaler is not None:
@@ -125,6 +124,8 @@ def _load(path: Path) -> dict:
         return load_file(str(path))
     except FileNotFoundError:
         raise NlprnnError(f"{path}: missing from the checkpoint (it was not written completely)") from None
+    except (SafetensorError, OSError) as e:
+        raise NlprnnError(f"{path}: not a valid safetensors file ({e})") from None
 
 
 def _read_json(path: Path) -> dict:

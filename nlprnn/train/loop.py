@@ -7,8 +7,8 @@ evaluation, early stopping, budgets, non-finite steps, checkpoints and exact res
 Exact resume: a checkpoint is taken only at an optimizer-step boundary (no half-accumulated gradient is
 lost) and holds the model, optimizer, RNG of every process and the Accelerate step counter
 (`checkpoint.py`: safetensors and JSON, never pickles), the task's per-process carried state
-(safetensors), and this loop's counters and data position (JSON). It is written under a temporary name and renamed into place, so a
-kill at any moment leaves the previous checkpoint whole.
+(safetensors), and this loop's counters and data position (JSON). It is written under a temporary name
+and renamed into place, so a kill at any moment leaves the previous checkpoint whole.
 """
 
 from __future__ import annotations
