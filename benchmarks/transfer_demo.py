@@ -86,6 +86,7 @@ def main() -> None:
 
     summary = {arm: summarise(rs) for arm, rs in records.items()}
     coverage = records["pretrained"][0].get("transfer", {}).get("embedding_coverage")
+    added = records["pretrained"][0].get("data", {}).get("source_words_added", 0)
     gain = summary["pretrained"]["test_f1_mean"] - summary["random"]["test_f1_mean"]
     for arm, s in summary.items():
         print(f"{arm:>10}: test F1 {s['test_f1_mean']:.2f} +- {s['test_f1_std']:.2f}   valid F1 "
@@ -94,7 +95,8 @@ def main() -> None:
     print(f"pretraining changes test F1 by {gain:+.2f} points (goal: >= +1)")
     if coverage:
         print(f"coverage: {coverage['exact']} words found exactly, {coverage['lowercase']} lower-cased, "
-              f"{coverage['missing']} missing, of {coverage['total']} ({100 * coverage['coverage']:.1f}%)")
+              f"{coverage['missing']} missing, of {coverage['total']} ({100 * coverage['coverage']:.1f}%)"
+              + (f"; {added} of them are LM words added to the training vocabulary" if added else ""))
     if args.json:
         from nlprnn.io import atomic_write_json
         from nlprnn.metrics import hardware
@@ -104,7 +106,7 @@ def main() -> None:
         atomic_write_json(args.json, {
             "benchmark": "transfer_demo", "lm": lm, "lm_model": records["pretrained"][0]["transfer"]["source_model"],
             "budget_minutes": args.minutes, "threads_per_run": args.threads, "rows": rows, "runs": summary,
-            "gain_test_f1": gain, "coverage": coverage, "hardware": hardware(), "git_commit": git_commit(),
+            "gain_test_f1": gain, "coverage": coverage, "source_words_added": added, "hardware": hardware(), "git_commit": git_commit(),
             "command": command_line(), "date": now_iso()})
 
 

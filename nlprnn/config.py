@@ -72,6 +72,9 @@ class TaggingDataConfig:
     lowercase: bool = False  # word embeddings of lower-cased words (character features keep the case)
     digits_to_zero: bool = True  # 1984 and 2011 share a word vector: 0000
     min_freq: int = 1
+    # Chance that a training word seen once is read as <unk> (Lample et al. 2016 use 0.5): otherwise the <unk>
+    # vector, which every unseen test word gets, is never trained when min_freq is 1.
+    unk_replace: float = 0.0
     batch_size: int = 10  # sentences per training batch (global, split across processes)
     eval_batch_size: int = 128
 
@@ -150,6 +153,9 @@ class TransferConfig:
     word_vectors: str | None = None  # GloVe / word2vec / fastText text file or word2vec .bin, aligned by word
     freeze: dict = field(default_factory=dict)  # module-name prefix -> epoch it starts training (-1: never)
     pretrained_lr_scale: float = 1.0  # learning-rate multiplier of the parameters that were transferred
+    # ner: add the source's words missing from the training data to the word vocabulary, so a test word never
+    # seen in training but known to the LM or the vectors file keeps that vector instead of <unk>'s.
+    add_source_words: bool = False
 
 
 @dataclass
@@ -365,7 +371,17 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
     values = {k: v for k, v in model.items() if k != "name"}
     config.model.update(dataclasses.asdict(config.model_config(**values)))
     _check_lightrnn_rounds(config)
+    _check_transfer(config)
     return config
+
+
+def _check_transfer(config: ExperimentConfig) -> None:
+    t = config.transfer
+    if t.add_source_words and config.task != "ner":
+        raise NlprnnError(f"transfer.add_source_words: only the ner task has a word vocabulary to extend, "
+                          f"task is {config.task}")
+    if t.add_source_words and not (t.init_from or t.word_vectors):
+        raise NlprnnError("transfer.add_source_words needs a source: model.init_from or model.word_vectors")
 
 
 def _check_model_task(config: ExperimentConfig) -> None:

@@ -163,6 +163,22 @@ def copy_recurrent_layers(source: nn.Module, target: nn.Module) -> tuple[list[st
     return copied, skipped
 
 
+def source_words(init_from: str | None, word_vectors: str | None) -> list[str]:
+    """The words of a transfer source (LM vocabulary, then vectors file), without reading the LM's weights."""
+    from nlprnn.data.vocab import WordVocab
+    from nlprnn.hub import resolve_checkpoint
+
+    words: list[str] = []
+    if init_from:
+        directory = resolve_checkpoint(init_from)
+        if not (directory / "vocab.json").is_file():
+            raise NlprnnError(f"{directory}: a transfer source needs its vocab.json (a word-level language model)")
+        words += WordVocab.load(directory / "vocab.json").itos
+    if word_vectors:
+        words += read_word_vectors(word_vectors)[0]
+    return words
+
+
 def transfer_from_checkpoint(directory: str, model: nn.Module, target_words: list[str]) -> dict:
     """Initialise `model` from a pretrained LM checkpoint; returns the report (what was copied and skipped)."""
     from nlprnn.hub import from_pretrained

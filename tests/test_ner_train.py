@@ -62,7 +62,8 @@ def test_tagger_speed_benchmark_runs(conll_corpus, tmp_path):
 
 
 def test_killed_run_resumes_bitwise(conll_corpus, tmp_path):
-    settings = {"model.dropout": 0.3, "train.checkpoint_every": 7, "train.eval_every": 10}
+    settings = {"model.dropout": 0.3, "data.unk_replace": 0.5, "data.digits_to_zero": False,
+                "train.checkpoint_every": 7, "train.eval_every": 10}
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     launch(tiny_ner_overrides(conll_corpus, straight, **settings), recipe="ner.py")
     killed = launch(tiny_ner_overrides(conll_corpus, resumed, **settings), env={"NLPRNN_KILL_AFTER_STEP": "16"},
@@ -74,7 +75,8 @@ def test_killed_run_resumes_bitwise(conll_corpus, tmp_path):
 
 
 def test_two_processes_equal_one(conll_corpus, tmp_path):
-    settings = {"train.max_steps": 6, "train.eval_every": 3}
+    settings = {"train.max_steps": 6, "train.eval_every": 3, "data.unk_replace": 0.5,
+                "data.digits_to_zero": False}
     one, two = tmp_path / "one", tmp_path / "two"
     launch(tiny_ner_overrides(conll_corpus, one, **settings), recipe="ner.py")
     launch(tiny_ner_overrides(conll_corpus, two, **settings), processes=2, recipe="ner.py")
@@ -83,3 +85,43 @@ def test_two_processes_equal_one(conll_corpus, tmp_path):
     ra = json.loads((one / "result.json").read_text())["metrics"]
     rb = json.loads((two / "result.json").read_text())["metrics"]
     assert rb["valid_f1"] == pytest.approx(ra["valid_f1"], abs=1e-6)
+
+
+def _tagging(corpus, tmp_path, **extra):
+    from types import SimpleNamespace
+
+    from nlprnn.config import load_config
+    from nlprnn.train.tagging import Tagging
+
+    cfg = load_config(None, tiny_ner_overrides(corpus, tmp_path / "run", **extra))
+    return Tagging(cfg, SimpleNamespace(num_processes=1, process_index=0, device="cpu"))
+
+
+def test_unk_replace_reads_only_once_seen_words_as_unk(tmp_path):
+    from nlprnn.errors import NlprnnError
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    # Every sentence: "the <name seen once> sat": only the names are singletons.
+    names = [f"N{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(400)]
+    train = "".join(f"the O\n{name} I-PER\nsat O\n\n" for name in names)
+    for split, text in (("train", train), ("valid", "the O\nsat O\n"), ("test", "the O\nsat O\n")):
+        (corpus / f"{split}.txt").write_text(text, encoding="utf-8")
+    task = _tagging(corpus, tmp_path, **{"data.unk_replace": 0.5})
+    unk, the, sat = task.words["<unk>"], task.words["the"], task.words["sat"]
+    assert task.data_record()["singletons"] == 400
+
+    first = [task._training_example(i, epoch=0) for i in range(400)]
+    assert all(words[0] == the and words[2] == sat for words, _, _ in first)
+    replaced = {i for i, (words, _, _) in enumerate(first) if words[1] == unk}
+    assert 150 < len(replaced) < 250  # about half of 400
+    assert all(chars == task.encoded["train"][i][1] for i, (_, chars, _) in enumerate(first))  # spelling kept
+    # The same draws on a second pass (resume) and other draws in the next epoch.
+    assert [task._training_example(i, epoch=0) for i in range(400)] == first
+    again = {i for i in range(400) if task._training_example(i, epoch=1)[0][1] == unk}
+    assert again != replaced and 150 < len(again) < 250
+
+    plain = _tagging(corpus, tmp_path)
+    assert all(plain._training_example(i, 0)[0] == plain.encoded["train"][i][0] for i in range(400))
+    with pytest.raises(NlprnnError, match="data.unk_replace"):
+        _tagging(corpus, tmp_path, **{"data.unk_replace": 1.5})

@@ -72,6 +72,37 @@ def test_teacher_forcing_equals_decoding_step_by_step(variant):
         torch.testing.assert_close(log_probs, torch.log_softmax(logits[:, t], -1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_lstm_decoder_trains_in_float32_under_bf16_autocast(input_feeding):
+    # The bridge's bf16 output is the decoder's initial state; the LSTM itself runs in float32 on the CPU.
+    model = tiny(cell="lstm", input_feeding=input_feeding).train()
+    src, lengths = sources()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(src, lengths, torch.tensor([[BOS, 4, 5, 6]] * 3))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.decoder.parameters())
+
+
+def test_one_step_lstm_runs_on_the_native_kernel_and_restores_the_flag():
+    from nlprnn.models.common import run_rnn
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 5, batch_first=True)
+    steps = torch.randn(2, 4, 6)
+    whole, _ = lstm(steps)
+    state, outputs = None, []
+    before = torch.backends.mkldnn.enabled
+    for t in range(4):
+        output, state = run_rnn(lstm, steps[:, t:t + 1], state)
+        outputs.append(output)
+        assert torch.backends.mkldnn.enabled == before
+    torch.testing.assert_close(torch.cat(outputs, 1), whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError):
+        run_rnn(lstm, torch.randn(2, 1, 7))  # a wrong input size fails inside the context ...
+    assert torch.backends.mkldnn.enabled == before  # ... which still restores the flag
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_beam_of_one_is_greedy(variant):
     model = tiny(**variant)

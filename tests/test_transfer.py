@@ -209,3 +209,33 @@ def test_translation_recipe_takes_word_vectors_for_its_source_pieces(mt_corpus, 
     report = json.loads((run_dir / "result.json").read_text())["transfer"]["word_vectors"]
     assert report["vectors"] == len(german) and report["exact"] + report["lowercase"] > 0
     assert report["exact"] + report["lowercase"] + report["missing"] == report["total"]
+
+
+@pytest.mark.slow
+def test_add_source_words_gives_unseen_words_their_lm_vectors(conll_corpus, tmp_path):
+    words = [line.split()[0] for line in (conll_corpus / "train.txt").read_text().splitlines()
+             if line and not line.startswith("-DOCSTART-")]
+    vocab = WordVocab.build([words + ["Zanzibar", "Kathmandu", "Zanzibar"]], specials=("<unk>", "<eos>"))
+    torch.manual_seed(0)
+    lm = build_model("lstm", vocab_size=len(vocab), embedding_size=16, hidden_size=8, num_layers=1)
+    save_pretrained(lm, tmp_path / "lm", vocab=vocab)
+    run_dir = tmp_path / "run"
+    launch(tiny_ner_overrides(conll_corpus, run_dir, **{
+        "model.init_from": str(tmp_path / "lm"), "transfer.add_source_words": True, "model.char_features": "none",
+        "transfer.freeze": "{embedding: -1}", "data.digits_to_zero": False, "train.epochs": 1}), recipe="ner.py")
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["data"]["source_words_added"] == 2
+    tagger_vocab = WordVocab.load(run_dir / "model" / "vocab.json")
+    assert tagger_vocab.itos[-2:] == ["Zanzibar", "Kathmandu"] and "<eos>" not in tagger_vocab
+    final = final_weights(run_dir)
+    for word in ("Zanzibar", "Kathmandu"):
+        assert torch.equal(final["embedding.weight"][tagger_vocab[word]], lm.embedding.weight[vocab[word]].detach())
+
+
+def test_add_source_words_needs_a_source_and_a_word_vocabulary(tmp_path):
+    from nlprnn.config import load_config
+
+    with pytest.raises(NlprnnError, match="needs a source"):
+        load_config(None, ["task=ner", "transfer.add_source_words=true"])
+    with pytest.raises(NlprnnError, match="only the ner task"):
+        load_config(None, ["task=mt", "transfer.add_source_words=true", f"model.init_from={tmp_path}"])

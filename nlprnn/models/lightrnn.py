@@ -32,7 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlprnn.config import choice
-from nlprnn.models.common import INIT_SCHEMES, check_fields, check_filled_in, count_parameters, init_weights
+from nlprnn.models.common import (
+    INIT_SCHEMES,
+    check_fields,
+    check_filled_in,
+    count_parameters,
+    init_weights,
+    run_rnn,
+)
 from nlprnn.models.word_table import TABLE_INITS, TABLE_SHAPES, WordTable, table_shape
 
 CELLS = ("lstm", "gru")
@@ -111,13 +118,7 @@ class LightRNN(nn.Module):
     def _run(self, embedded: torch.Tensor, state):
         """Dropout, the recurrent stack, dropout: outputs (B, S, H) and the new state."""
         embedded = self.dropout(embedded)
-        if self.config.cell == "lstm" and embedded.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # oneDNN has no reduced-precision LSTM on many CPUs ("could not create a primitive descriptor"),
-            # so `accelerate launch --mixed_precision bf16` on a CPU runs the LSTM itself in float32.
-            with torch.autocast("cpu", enabled=False):
-                output, new_state = self.rnn(embedded.float(), state)
-        else:
-            output, new_state = self.rnn(embedded, state)
+        output, new_state = run_rnn(self.rnn, embedded, state)
         return self.dropout(output), new_state
 
     def _interleave(self, input_ids: torch.Tensor) -> torch.Tensor:

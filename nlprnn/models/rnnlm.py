@@ -21,7 +21,14 @@ from torch import nn
 
 from nlprnn.config import choice
 from nlprnn.errors import NlprnnError
-from nlprnn.models.common import INIT_SCHEMES, check_fields, check_filled_in, count_parameters, init_weights
+from nlprnn.models.common import (
+    INIT_SCHEMES,
+    check_fields,
+    check_filled_in,
+    count_parameters,
+    init_weights,
+    run_rnn,
+)
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 HEADS = ("full", "adaptive")
@@ -139,13 +146,7 @@ class RNNLM(nn.Module):
     def _run_rnn(self, input_ids: torch.Tensor, state):
         """Embed and run the recurrent stack: hidden states (B, T, H) after output dropout, and the new state."""
         embedded = self.dropout(self.embedding(input_ids))
-        if self.config.cell == "lstm" and embedded.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # oneDNN has no reduced-precision LSTM on many CPUs ("could not create a primitive descriptor"),
-            # so `accelerate launch --mixed_precision bf16` on a CPU runs the LSTM itself in float32.
-            with torch.autocast("cpu", enabled=False):
-                output, new_state = self.rnn(embedded.float(), state)
-        else:
-            output, new_state = self.rnn(embedded, state)
+        output, new_state = run_rnn(self.rnn, embedded, state)
         return self.dropout(output), new_state
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, state=None):

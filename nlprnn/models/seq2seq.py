@@ -31,7 +31,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nlprnn.config import choice
 from nlprnn.errors import NlprnnError
-from nlprnn.models.common import INIT_SCHEMES, check_fields, check_filled_in, count_parameters, init_weights
+from nlprnn.models.common import (
+    INIT_SCHEMES,
+    check_fields,
+    check_filled_in,
+    count_parameters,
+    init_weights,
+    run_rnn,
+)
 
 CELLS = ("gru", "lstm")
 ATTENTIONS = ("bahdanau", "luong_dot", "luong_general")
@@ -155,7 +162,7 @@ class Seq2Seq(nn.Module):
     def _step(self, embedded: torch.Tensor, state: dict, memory: dict) -> tuple[torch.Tensor, dict]:
         """One target position: embedded (B, E) -> attentional vector (B, H), new state."""
         inputs = torch.cat([embedded, state["feed"]], dim=-1) if self.config.input_feeding else embedded
-        output, rnn_state = self.decoder(inputs[:, None], self._rnn_state(state))
+        output, rnn_state = run_rnn(self.decoder, inputs[:, None], self._rnn_state(state))
         attentional = self._attend(output, memory)[:, 0]
         new_state = {"feed": attentional}
         if isinstance(rnn_state, tuple):
@@ -176,7 +183,7 @@ class Seq2Seq(nn.Module):
             attentional = torch.stack(steps, dim=1)
         else:
             # Nothing feeds back: the RNN runs over the whole target, attention is batched over time.
-            outputs, _ = self.decoder(embedded, self._rnn_state(state))
+            outputs, _ = run_rnn(self.decoder, embedded, self._rnn_state(state))
             attentional = self._attend(outputs, memory)
         return self.output(self.dropout(attentional)).float()
 

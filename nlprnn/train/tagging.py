@@ -99,10 +99,16 @@ class Tagging:
         # Padding is id 0 in both vocabularies: the models mask on it.
         self.words = WordVocab.build(([self.normalise(t) for t in s.tokens] for s in train), min_freq=d.min_freq,
                                      specials=(PAD, UNK))
+        self.added_source_words = 0
+        if cfg.transfer.add_source_words:
+            self._add_source_words()
         self.chars = WordVocab.build((list(t) for s in train for t in s.tokens), specials=(PAD, UNK))
         train_tags = {t for s in train for t in convert(s.tags, d.file_scheme, d.tag_scheme)}
         self.tags = ["O"] + sorted(train_tags - {"O"}, key=lambda t: (t[2:], t[0]))
         self.encoded = {name: self._encode(name) for name in self.sentences}
+        if not 0.0 <= d.unk_replace <= 1.0:
+            raise NlprnnError(f"data.unk_replace: expected a probability in [0, 1], got {d.unk_replace}")
+        self.singletons = np.array(self.words.counts) == 1
 
         metric = cfg.train.metric if cfg.train.metric != "auto" else "f1"
         if metric not in METRICS:
@@ -111,6 +117,20 @@ class Tagging:
         self.num_train_batches = len(self._batches(0))
         self.eval_seconds: dict[str, float] = {}
         self.predictions: dict[str, list[list[str]]] = {}
+
+    def _add_source_words(self) -> None:
+        """Append the transfer source's words (normalised like ours) that training never saw, count 0."""
+        from nlprnn.transfer import source_words
+
+        t = self.cfg.transfer
+        known, added = set(self.words.itos), []
+        for word in source_words(t.init_from, t.word_vectors):
+            word = self.normalise(word)
+            if word not in known and not (word.startswith("<") and word.endswith(">")):  # <eos>, <unk>, ...
+                known.add(word)
+                added.append(word)
+        self.words = WordVocab(self.words.itos + added, self.words.counts + [0] * len(added), unk=UNK)
+        self.added_source_words = len(added)
 
     def normalise(self, token: str) -> str:
         return normalise(token, self.cfg.data.lowercase, self.cfg.data.digits_to_zero)
@@ -158,8 +178,23 @@ class Tagging:
         batches = self._batches(epoch)
         for index in range(start, len(batches)):
             examples, batch_sentences = batches[index]
-            collated = self._collate([self.encoded["train"][i] for i in examples])
-            yield index, (*collated, world / batch_sentences)
+            chosen = [self._training_example(i, epoch) for i in examples]
+            yield index, (*self._collate(chosen), world / batch_sentences)
+
+    def _training_example(self, i: int, epoch: int):
+        """Sentence i with each once-seen word read as <unk> with chance data.unk_replace (its characters kept).
+
+        The draws depend on (seed, epoch, sentence) only: a resumed run, or one on more processes, replaces
+        the same words.
+        """
+        words, chars, tags = self.encoded["train"][i]
+        p = self.cfg.data.unk_replace
+        if p == 0:
+            return words, chars, tags
+        ids = np.array(words)
+        draws = np.random.default_rng([self.cfg.train.seed, epoch, int(i)]).random(len(ids))
+        ids[self.singletons[ids] & (draws < p)] = self.words.unk_id
+        return ids.tolist(), chars, tags
 
     def train_loss(self, model, batch):
         words, chars, mask, tags, local_words, scale = batch
@@ -219,6 +254,8 @@ class Tagging:
     def data_record(self) -> dict:
         d = self.cfg.data
         return {"file_scheme": d.file_scheme, "tag_scheme": d.tag_scheme, "tags": self.tags,
-                "words": len(self.words), "chars": len(self.chars), "lowercase": d.lowercase,
+                "words": len(self.words), "source_words_added": self.added_source_words,
+                "singletons": int(self.singletons.sum()), "unk_replace": d.unk_replace,
+                "chars": len(self.chars), "lowercase": d.lowercase,
                 "digits_to_zero": d.digits_to_zero,
                 "sentences": {name: len(s) for name, s in self.sentences.items()}, "batch_size": d.batch_size}
