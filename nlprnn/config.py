@@ -371,11 +371,14 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
     values = {k: v for k, v in model.items() if k != "name"}
     config.model.update(dataclasses.asdict(config.model_config(**values)))
     _check_lightrnn_rounds(config)
-    _check_transfer(config)
+    _check_ner_options(config)
     return config
 
 
-def _check_transfer(config: ExperimentConfig) -> None:
+def _check_ner_options(config: ExperimentConfig) -> None:
+    """The options only the ner task reads: unk_replace is a probability, add_source_words needs a source."""
+    if config.task == "ner" and not 0.0 <= config.data.unk_replace <= 1.0:
+        raise NlprnnError(f"data.unk_replace: expected a probability in [0, 1], got {config.data.unk_replace}")
     t = config.transfer
     if t.add_source_words and config.task != "ner":
         raise NlprnnError(f"transfer.add_source_words: only the ner task has a word vocabulary to extend, "

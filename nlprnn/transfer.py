@@ -21,6 +21,9 @@ from torch import nn
 
 from nlprnn.errors import NlprnnError, located
 
+# Vocabulary specials: never aligned to a source vector, never added to a vocabulary as source words.
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>", "<s>", "</s>")
+
 # ------------------------------------------------------------------------------------------------
 # Word-vector files
 

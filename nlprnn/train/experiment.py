@@ -56,7 +56,13 @@ def apply_transfer(model, cfg: ExperimentConfig, task) -> dict:
     Every process does the same (deterministic) copy before training, so no broadcast is needed; a resumed run
     does it too and then loads its checkpoint over it.
     """
-    from nlprnn.transfer import align_vectors, read_word_vectors, target_embedding, transfer_from_checkpoint
+    from nlprnn.transfer import (
+        SPECIAL_TOKENS,
+        align_vectors,
+        read_word_vectors,
+        target_embedding,
+        transfer_from_checkpoint,
+    )
 
     t = cfg.transfer
     if not t.init_from and not t.word_vectors:
@@ -68,7 +74,7 @@ def apply_transfer(model, cfg: ExperimentConfig, task) -> dict:
     if t.word_vectors:
         source_words, vectors = read_word_vectors(t.word_vectors)
         embedding = target_embedding(model)
-        specials = tuple(w for w in ("<pad>", "<unk>", "<eos>", "<s>", "</s>") if w in words)
+        specials = tuple(w for w in SPECIAL_TOKENS if w in words)
         report["word_vectors"] = {"file": t.word_vectors, "vectors": len(source_words),
                                   **align_vectors(words, source_words, torch.from_numpy(vectors), embedding.weight,
                                                   skip=specials)}

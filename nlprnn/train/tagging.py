@@ -106,8 +106,6 @@ class Tagging:
         train_tags = {t for s in train for t in convert(s.tags, d.file_scheme, d.tag_scheme)}
         self.tags = ["O"] + sorted(train_tags - {"O"}, key=lambda t: (t[2:], t[0]))
         self.encoded = {name: self._encode(name) for name in self.sentences}
-        if not 0.0 <= d.unk_replace <= 1.0:
-            raise NlprnnError(f"data.unk_replace: expected a probability in [0, 1], got {d.unk_replace}")
         self.singletons = np.array(self.words.counts) == 1
 
         metric = cfg.train.metric if cfg.train.metric != "auto" else "f1"
@@ -120,13 +118,13 @@ class Tagging:
 
     def _add_source_words(self) -> None:
         """Append the transfer source's words (normalised like ours) that training never saw, count 0."""
-        from nlprnn.transfer import source_words
+        from nlprnn.transfer import SPECIAL_TOKENS, source_words
 
         t = self.cfg.transfer
         known, added = set(self.words.itos), []
         for word in source_words(t.init_from, t.word_vectors):
             word = self.normalise(word)
-            if word not in known and not (word.startswith("<") and word.endswith(">")):  # <eos>, <unk>, ...
+            if word not in known and word not in SPECIAL_TOKENS:
                 known.add(word)
                 added.append(word)
         self.words = WordVocab(self.words.itos + added, self.words.counts + [0] * len(added), unk=UNK)
