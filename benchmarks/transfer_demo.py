@@ -3,14 +3,16 @@
     python benchmarks/transfer_demo.py --lm runs/wikitext2_lstm_adaptive/model --seeds 1 2 3 --minutes 20 \\
         --out runs/transfer_demo --json leaderboard/results/benchmarks/transfer_lstm.json
 
-For each seed the two arms train side by side, as two `accelerate launch recipes/ner.py` processes with
-`--threads` threads each (default: the machine's cores split between them), so both get the same compute
-under the same wall-clock budget. Both arms use the tagger config (`--config`, the BiLSTM-CRF by default)
-with the LM's word-vector size (a Light RNN word is its row and column vectors: twice its embedding size);
-the pretrained arm adds `model.init_from=<lm>` and any `--pretrained-set key=value` options (freezing,
-a separate rate). Printed: test and valid entity F1 per arm as mean +- std over the seeds, the difference,
-and the vocabulary coverage of the LM. Each run writes its own result.json under `--out`; copy those into
-leaderboard/results/ner/conll2003/ to put the rows on the leaderboard.
+Runs go `--parallel` at a time (default 2), each an `accelerate launch recipes/ner.py` process with
+`--threads` threads (default: the machine's cores split between them), seed by seed, so the arms of one seed
+train side by side with the same compute under the same wall-clock budget. Every arm uses the tagger config
+(`--config`, the BiLSTM-CRF by default) with the LM's word-vector size (a Light RNN word is its row and column
+vectors: twice its embedding size); the pretrained arm adds `model.init_from=<lm>` and any `--pretrained-set
+key=value` options (freezing, a separate rate); `--add-source-words` adds a third arm that also brings the
+LM's words missing from the training data into the tagger vocabulary. Printed: test and valid entity F1 per
+arm as mean +- std over the seeds, each LM arm's difference from random, and the vocabulary coverage of the
+LM. Each run writes its own result.json under `--out`; copy those into leaderboard/results/ner/conll2003/ to
+put the rows on the leaderboard.
 """
 
 from __future__ import annotations
@@ -62,9 +64,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock budget of every run")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    parser.add_argument("--parallel", type=int, default=2, help="runs trained side by side")
     parser.add_argument("--out", default="runs/transfer_demo")
-    parser.add_argument("--set", nargs="*", default=[], help="key=value overrides for both arms")
-    parser.add_argument("--pretrained-set", nargs="*", default=[], help="key=value overrides for the LM arm")
+    parser.add_argument("--set", nargs="*", default=[], help="key=value overrides for every arm")
+    parser.add_argument("--pretrained-set", nargs="*", default=[], help="key=value overrides for the LM arms")
+    parser.add_argument("--add-source-words", action="store_true",
+                        help="a third arm: LM-initialised with transfer.add_source_words=true")
     parser.add_argument("--json", help="also write the summary here")
     args = parser.parse_args()
 
@@ -72,31 +77,39 @@ def main() -> None:
     lm = str(Path(args.lm).resolve())
     common = [f"model.embedding_size={word_vector_size(lm)}", f"train.max_minutes={args.minutes:g}", *args.set]
     arms = {"random": [], "pretrained": [f"model.init_from={lm}", *args.pretrained_set]}
-    records: dict[str, list[dict]] = {arm: [] for arm in arms}
-    for seed in args.seeds:
-        running = {arm: launch(args.config, out / f"{arm}-seed{seed}", args.threads,
-                               [*common, f"train.seed={seed}", *extra]) for arm, extra in arms.items()}
-        for arm, process in running.items():
+    if args.add_source_words:
+        arms["pretrained_words"] = [*arms["pretrained"], "transfer.add_source_words=true"]
+    # Seed-major order: the arms of one seed train side by side, under the same load.
+    jobs = [(seed, arm) for seed in args.seeds for arm in arms]
+    records: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
+    for start in range(0, len(jobs), args.parallel):
+        running = {(seed, arm): launch(args.config, out / f"{arm}-seed{seed}", args.threads,
+                                       [*common, f"train.seed={seed}", *arms[arm]])
+                   for seed, arm in jobs[start:start + args.parallel]}
+        for (seed, arm), process in running.items():
+            run_dir = out / f"{arm}-seed{seed}"
             if process.wait() != 0:
-                raise SystemExit(f"{arm} seed {seed} failed (exit {process.returncode}); see "
-                                 f"{out / f'{arm}-seed{seed}' / 'train.log'}")
-            records[arm].append(json.loads((out / f"{arm}-seed{seed}" / "result.json").read_text()))
-        print(f"seed {seed}: " + "   ".join(f"{arm} test F1 {records[arm][-1]['metrics']['test_f1']:.2f}"
-                                           for arm in arms), flush=True)
+                raise SystemExit(f"{arm} seed {seed} failed (exit {process.returncode}); see {run_dir / 'train.log'}")
+            records[arm][seed] = json.loads((run_dir / "result.json").read_text())
+            print(f"seed {seed} {arm}: test F1 {records[arm][seed]['metrics']['test_f1']:.2f}", flush=True)
 
-    summary = {arm: summarise(rs) for arm, rs in records.items()}
-    coverage = records["pretrained"][0].get("transfer", {}).get("embedding_coverage")
-    added = records["pretrained"][0].get("data", {}).get("source_words_added", 0)
-    gain = summary["pretrained"]["test_f1_mean"] - summary["random"]["test_f1_mean"]
+    summary = {arm: summarise([by_seed[seed] for seed in args.seeds]) for arm, by_seed in records.items()}
+    first = records["pretrained"][args.seeds[0]]
+    coverage = first.get("transfer", {}).get("embedding_coverage")
+    added = (records["pretrained_words"][args.seeds[0]].get("data", {}).get("source_words_added", 0)
+             if "pretrained_words" in records else 0)
+    gains = {arm: summary[arm]["test_f1_mean"] - summary["random"]["test_f1_mean"] for arm in arms if arm != "random"}
     for arm, s in summary.items():
-        print(f"{arm:>10}: test F1 {s['test_f1_mean']:.2f} +- {s['test_f1_std']:.2f}   valid F1 "
+        print(f"{arm:>16}: test F1 {s['test_f1_mean']:.2f} +- {s['test_f1_std']:.2f}   valid F1 "
               f"{s['valid_f1_mean']:.2f} +- {s['valid_f1_std']:.2f}   ({len(s['seeds'])} seeds, "
               f"{s['minutes']:.1f} min each)")
-    print(f"pretraining changes test F1 by {gain:+.2f} points (goal: >= +1)")
+    for arm, gain in gains.items():
+        print(f"{arm} vs random: test F1 {gain:+.2f} points (goal: >= +1)")
     if coverage:
         print(f"coverage: {coverage['exact']} words found exactly, {coverage['lowercase']} lower-cased, "
-              f"{coverage['missing']} missing, of {coverage['total']} ({100 * coverage['coverage']:.1f}%)"
-              + (f"; {added} of them are LM words added to the training vocabulary" if added else ""))
+              f"{coverage['missing']} missing, of {coverage['total']} ({100 * coverage['coverage']:.1f}%)")
+    if added:
+        print(f"pretrained_words: {added} LM words missing from the training data joined the tagger vocabulary")
     if args.json:
         from nlprnn.io import atomic_write_json
         from nlprnn.metrics import hardware
@@ -104,9 +117,9 @@ def main() -> None:
 
         rows = [{"arm": arm, **{k: v for k, v in s.items() if not isinstance(v, list)}} for arm, s in summary.items()]
         atomic_write_json(args.json, {
-            "benchmark": "transfer_demo", "lm": lm, "lm_model": records["pretrained"][0]["transfer"]["source_model"],
-            "budget_minutes": args.minutes, "threads_per_run": args.threads, "rows": rows, "runs": summary,
-            "gain_test_f1": gain, "coverage": coverage, "source_words_added": added, "hardware": hardware(), "git_commit": git_commit(),
+            "benchmark": "transfer_demo", "lm": lm, "lm_model": first["transfer"]["source_model"],
+            "budget_minutes": args.minutes, "threads_per_run": args.threads, "parallel_runs": args.parallel, "rows": rows, "runs": summary,
+            "gain_test_f1": gains["pretrained"], "gains_test_f1": gains, "coverage": coverage, "source_words_added": added, "hardware": hardware(), "git_commit": git_commit(),
             "command": command_line(), "date": now_iso()})
 
 

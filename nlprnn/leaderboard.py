@@ -124,7 +124,10 @@ def _name_apart(rows: list[dict], most: int = 3) -> None:
 
 
 def _short(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    if isinstance(value, str):
+        # A path (a pretrained source, a vectors file) is told apart by its last parts, not the machine's prefix.
+        return "/".join(value.rstrip("/").split("/")[-2:])
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _hardware(record: dict) -> str:

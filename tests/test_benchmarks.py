@@ -25,7 +25,7 @@ def test_lm_throughput_benchmark_runs(lm_corpus, tmp_path):
     assert figures["loop_peak_memory_bytes"] > 0 and figures["git_commit"]
 
 
-def test_transfer_demo_trains_both_arms_per_seed_and_summarises(conll_corpus, tmp_path):
+def test_transfer_demo_trains_every_arm_per_seed_and_summarises(conll_corpus, tmp_path):
     import torch
 
     from nlprnn.data.vocab import WordVocab
@@ -34,7 +34,7 @@ def test_transfer_demo_trains_both_arms_per_seed_and_summarises(conll_corpus, tm
 
     words = [line.split()[0] for line in (conll_corpus / "train.txt").read_text().splitlines()
              if line and not line.startswith("-DOCSTART-")]
-    vocab = WordVocab.build([words], specials=("<unk>", "<eos>"))
+    vocab = WordVocab.build([words + ["Zyzzyva", "Quokka"]], specials=("<unk>", "<eos>"))  # 2 words not in train
     torch.manual_seed(0)
     save_pretrained(build_model("lstm", vocab_size=len(vocab), embedding_size=12, hidden_size=8, num_layers=1),
                     tmp_path / "lm", vocab=vocab)
@@ -44,19 +44,25 @@ def test_transfer_demo_trains_both_arms_per_seed_and_summarises(conll_corpus, tm
          "--config", str(REPO / "recipes" / "configs" / "ner" / "tiny.yaml"), "--seeds", "1", "2", "--minutes", "5",
          "--threads", "1", "--out", str(tmp_path / "demo"), "--json", str(summary),
          "--set", f"data.path={conll_corpus}", "train.max_steps=6", "train.eval_every=3", "model.hidden_size=8",
-         "run.tracker=none", "--pretrained-set", "transfer.pretrained_lr_scale=0.5"],
+         "run.tracker=none", "--pretrained-set", "transfer.pretrained_lr_scale=0.5", "--add-source-words"],
         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     result = json.loads(summary.read_text())
-    assert [row["arm"] for row in result["rows"]] == ["random", "pretrained"]
-    for arm in ("random", "pretrained"):
+    arms = ["random", "pretrained", "pretrained_words"]
+    assert [row["arm"] for row in result["rows"]] == arms
+    for arm in arms:
         records = [json.loads((tmp_path / "demo" / f"{arm}-seed{s}" / "result.json").read_text()) for s in (1, 2)]
         assert [r["seed"] for r in records] == [1, 2]
         assert all(r["config"]["model"]["embedding_size"] == 12 for r in records)  # the LM's vector size
         assert result["runs"][arm]["test_f1"] == [r["metrics"]["test_f1"] for r in records]
-        assert ("transfer" in records[0]) == (arm == "pretrained")
+        assert ("transfer" in records[0]) == (arm != "random")
+        assert records[0]["config"]["transfer"]["add_source_words"] == (arm == "pretrained_words")
     coverage = result["coverage"]
     assert coverage["exact"] > 0 and coverage["exact"] + coverage["lowercase"] + coverage["missing"] == coverage["total"]
     assert result["lm_model"] == "lstm"
-    assert result["gain_test_f1"] == result["runs"]["pretrained"]["test_f1_mean"] - result["runs"]["random"]["test_f1_mean"]
-    assert "pretraining changes test F1 by" in out.stdout
+    for arm in arms[1:]:
+        gain = result["runs"][arm]["test_f1_mean"] - result["runs"]["random"]["test_f1_mean"]
+        assert result["gains_test_f1"][arm] == gain
+        assert f"{arm} vs random: test F1 {gain:+.2f}" in out.stdout
+    assert result["gain_test_f1"] == result["gains_test_f1"]["pretrained"]
+    assert result["source_words_added"] == 2

@@ -61,6 +61,12 @@ def test_rows_that_would_share_a_label_show_the_settings_they_differ_in(tmp_path
     again["config"]["train"]["a_newer_setting"] = 1
     rows = rows_by_table([{**r, "_file": "x"} for r in (full, again)])[("lm", "wikitext-2")]
     assert rows[1]["model"] == "lstm (60 min) [commit ffffffff]"
+    # A path-valued difference (a pretrained source) shows its last parts, not the machine's prefix.
+    transferred = variant(**{"metrics.test_ppl": 140.0})
+    full["config"]["model"]["init_from"], transferred["config"]["model"]["init_from"] = "", "/work/runs/lm_60min/model"
+    rows = rows_by_table([{**r, "_file": "x"} for r in (full, transferred)])[("lm", "wikitext-2")]
+    assert [row["model"] for row in rows] == ["lstm (60 min) [init_from=lm_60min/model]",
+                                              "lstm (60 min) [init_from=]"]
 
 
 def test_runs_with_other_compute_are_not_seeds_of_one_row(tmp_path):

@@ -118,14 +118,20 @@ class Trainer:
                 if st.step % tc.log_every == 0 and window_tokens:
                     mean = window_loss / window_tokens
                     speed = window_tokens * acc.num_processes / window_time
-                    ppl, lr = math.exp(min(mean, 50)), self.optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{ppl:.1f}", tok_s=f"{speed:.0f}")
-                    self.log({"train/loss": mean, "train/ppl": ppl, "train/tokens_per_second": speed, "train/lr": lr,
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    shown = {"loss": f"{mean:.3f}"}
+                    logged = {"train/loss": mean}
+                    if self.task.loss_per_token:
+                        ppl = math.exp(min(mean, 50))
+                        shown["ppl"], logged["train/ppl"] = f"{ppl:.1f}", ppl
+                    bar.set_postfix(**shown, tok_s=f"{speed:.0f}")
+                    self.log({**logged, "train/tokens_per_second": speed, "train/lr": lr,
                               "train/grad_norm": self._last_grad_norm})
                     if acc.is_main_process and not self.cfg.run.progress:
                         # Without the bar (logs to a file, as in pytorch/examples' log_interval) a line shows progress.
+                        figures = " | ".join(f"{k} {v}" for k, v in shown.items())
                         print(f"step {st.step} epoch {st.epoch + 1} batch {st.batch}/{self.task.num_train_batches}"
-                              f" | loss {mean:.3f} | ppl {ppl:.1f} | lr {lr:.3g} | {speed:,.0f} tokens/s"
+                              f" | {figures} | lr {lr:.3g} | {speed:,.0f} tokens/s"
                               f" | {st.wall_seconds / 60:.1f} min", flush=True)
                     window_loss, window_tokens, window_time = 0.0, 0, 0.0
                 if tc.eval_every and st.step % tc.eval_every == 0:

@@ -87,6 +87,9 @@ def tag_sentences(model, words: WordVocab, chars: WordVocab, tags: list[str], se
 
 
 class Tagging:
+    # The CRF's loss is a negative log-likelihood per sentence (as in NCRF++), so exp(loss) is no perplexity.
+    loss_per_token = False
+
     def __init__(self, cfg: ExperimentConfig, accelerator):
         self.cfg, self.accelerator = cfg, accelerator
         d = cfg.data

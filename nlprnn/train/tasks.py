@@ -3,7 +3,8 @@
 A task object holds the data of one experiment (vocabulary, encoded splits) and this process's share of
 it. Interface used by `Trainer`: `num_train_batches`, `train_batches(epoch, start)`,
 `train_loss(model, batch) -> (mean loss, local tokens)`, `evaluate(model, split) -> metrics`,
-`main_metric`, `higher_is_better`, `state_tensors()` / `load_state_tensors()` for exact resume.
+`main_metric`, `higher_is_better`, `loss_per_token` (whether exp(loss) is a perplexity worth logging),
+`state_tensors()` / `load_state_tensors()` for exact resume.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class LanguageModeling:
 
     main_metric = "ppl"
     higher_is_better = False
+    loss_per_token = True
 
     def __init__(self, cfg: ExperimentConfig, accelerator):
         self.cfg = cfg

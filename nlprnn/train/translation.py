@@ -47,6 +47,8 @@ def bleu_and_chrf(hypotheses: list[str], references: list[str]) -> dict:
 
 
 class Translation:
+    loss_per_token = True
+
     def __init__(self, cfg: ExperimentConfig, accelerator):
         self.cfg, self.accelerator = cfg, accelerator
         d = cfg.data
