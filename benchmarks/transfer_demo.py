@@ -118,9 +118,10 @@ def main() -> None:
         rows = [{"arm": arm, **{k: v for k, v in s.items() if not isinstance(v, list)}} for arm, s in summary.items()]
         atomic_write_json(args.json, {
             "benchmark": "transfer_demo", "lm": lm, "lm_model": first["transfer"]["source_model"],
-            "budget_minutes": args.minutes, "threads_per_run": args.threads, "parallel_runs": args.parallel, "rows": rows, "runs": summary,
-            "gain_test_f1": gains["pretrained"], "gains_test_f1": gains, "coverage": coverage, "source_words_added": added, "hardware": hardware(), "git_commit": git_commit(),
-            "command": command_line(), "date": now_iso()})
+            "budget_minutes": args.minutes, "threads_per_run": args.threads, "parallel_runs": args.parallel,
+            "rows": rows, "runs": summary, "gain_test_f1": gains["pretrained"], "gains_test_f1": gains,
+            "coverage": coverage, "source_words_added": added,
+            "hardware": hardware(), "git_commit": git_commit(), "command": command_line(), "date": now_iso()})
 
 
 if __name__ == "__main__":
