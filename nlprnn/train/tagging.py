@@ -87,7 +87,7 @@ def tag_sentences(model, words: WordVocab, chars: WordVocab, tags: list[str], se
 
 
 class Tagging:
-    # The CRF's loss is a negative log-likelihood per sentence (as in NCRF++), so exp(loss) is no perplexity.
+    # Both heads sum their loss over the batch (as NCRF++ does), not average it per word: exp(loss) is no perplexity.
     loss_per_token = False
 
     def __init__(self, cfg: ExperimentConfig, accelerator):
