@@ -3,16 +3,17 @@
     python benchmarks/transfer_demo.py --lm runs/wikitext2_lstm_adaptive/model --seeds 1 2 3 --minutes 20 \\
         --out runs/transfer_demo --json leaderboard/results/benchmarks/transfer_lstm.json
 
-Runs go `--parallel` at a time (default 2), each an `accelerate launch recipes/ner.py` process with
-`--threads` threads (default: the machine's cores split between them), seed by seed, so the arms of one seed
-train side by side with the same compute under the same wall-clock budget. Every arm uses the tagger config
-(`--config`, the BiLSTM-CRF by default) with the LM's word-vector size (a Light RNN word is its row and column
-vectors: twice its embedding size); the pretrained arm adds `model.init_from=<lm>` and any `--pretrained-set
-key=value` options (freezing, a separate rate); `--add-source-words` adds a third arm that also brings the
-LM's words missing from the training data into the tagger vocabulary. Printed: test and valid entity F1 per
-arm as mean +- std over the seeds, each LM arm's difference from random, and the vocabulary coverage of the
-LM. Each run writes its own result.json under `--out`; copy those into leaderboard/results/ner/conll2003/ to
-put the rows on the leaderboard.
+Runs go in waves of `--parallel` (default 2), each an `accelerate launch recipes/ner.py` process with
+`--threads` threads (default: the machine's cores split between them), seed by seed. Every run shares the
+machine with the same number of others (keep the number of runs a multiple of `--parallel`), so all arms get
+the same compute under the same wall-clock budget. Every arm uses the tagger config (`--config`, the
+BiLSTM-CRF by default) with the LM's word-vector size (a Light RNN word is its row and column vectors: twice
+its embedding size); the pretrained arm adds `model.init_from=<lm>` and any `--pretrained-set key=value`
+options (freezing, a separate rate); `--add-source-words` adds a third arm that also brings the LM's words
+missing from the training data into the tagger vocabulary. Printed: test and valid entity F1 per arm as mean
++- std over the seeds, each LM arm's difference from random, and the vocabulary coverage of the LM. Each run
+writes its own result.json under `--out`; copy those into leaderboard/results/ner/conll2003/ to put the rows
+on the leaderboard.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def main() -> None:
     arms = {"random": [], "pretrained": [f"model.init_from={lm}", *args.pretrained_set]}
     if args.add_source_words:
         arms["pretrained_words"] = [*arms["pretrained"], "transfer.add_source_words=true"]
-    # Seed-major order: the arms of one seed train side by side, under the same load.
+    # Seed-major order in waves of --parallel: every run trains beside the same number of others.
     jobs = [(seed, arm) for seed in args.seeds for arm in arms]
     records: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
     for start in range(0, len(jobs), args.parallel):
@@ -89,7 +90,8 @@ def main() -> None:
         for (seed, arm), process in running.items():
             run_dir = out / f"{arm}-seed{seed}"
             if process.wait() != 0:
-                raise SystemExit(f"{arm} seed {seed} failed (exit {process.returncode}); see {run_dir / 'train.log'}")
+                raise SystemExit(f"{arm} seed {seed} failed (exit {process.returncode}); "
+                                 f"see {run_dir / 'train.log'}")
             records[arm][seed] = json.loads((run_dir / "result.json").read_text())
             print(f"seed {seed} {arm}: test F1 {records[arm][seed]['metrics']['test_f1']:.2f}", flush=True)
 
