@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-PLOT_STYLE = 3  # bump when a drawing function changes, so --check asks for the plots to be redrawn
+PLOT_STYLE = 4  # bump when a drawing function changes, so --check asks for the plots to be redrawn
 
 
 def data_hash(data: dict) -> str:
@@ -27,12 +27,20 @@ def png_data_hash(path: Path) -> str | None:
         return image.text.get("nlprnn-data") if hasattr(image, "text") else None
 
 
+def _wrapped(label: str, width: int = 48) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width, break_on_hyphens=False)) or label
+
+
 def _quality_vs_time(fig, data: dict) -> None:
+    # Row labels carry the settings that tell rows apart and can be long: points are numbered on the axes
+    # and named in a legend beside them.
     ax = fig.add_subplot(1, 1, 1)
     points = data["points"]
-    for p in points:
-        ax.scatter(p["minutes"], p["test"])
-        ax.annotate(p["model"], (p["minutes"], p["test"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    for number, p in enumerate(points, 1):
+        ax.scatter(p["minutes"], p["test"], label=f"{number}: {_wrapped(p['model'])}")
+        ax.annotate(str(number), (p["minutes"], p["test"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
     front, best = [], None  # Pareto front: no other row is both faster and better
     for p in sorted(points, key=lambda p: p["minutes"]):
         if best is None or (p["test"] > best if data["higher"] else p["test"] < best):
@@ -41,15 +49,19 @@ def _quality_vs_time(fig, data: dict) -> None:
     ax.plot([p["minutes"] for p in front], [p["test"] for p in front], "k--", lw=1, label="Pareto front")
     ax.set_xlabel("training wall time (minutes)")
     ax.set_ylabel(f"test {data['metric']}")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+    fig.set_size_inches(11, max(4.5, 0.5 * len(points) + 1.5))
 
 
 def _throughput(fig, data: dict) -> None:
     ax = fig.add_subplot(1, 1, 1)
     points = data["points"]
-    ax.bar([p["model"] for p in points], [p["speed"] for p in points])
-    ax.set_ylabel("training tokens/s")
-    ax.tick_params(axis="x", labelsize=7, labelrotation=15)
+    labels = [_wrapped(p["model"], 60) for p in points]
+    ax.barh(range(len(points)), [p["speed"] for p in points])
+    ax.set_yticks(range(len(points)), labels, fontsize=7)
+    ax.invert_yaxis()  # first row of the table on top
+    ax.set_xlabel("training tokens/s")
+    fig.set_size_inches(10, max(3.0, 0.55 * len(points) + 1.2))
 
 
 def _lightrnn_vs_softmax(fig, data: dict) -> None:

@@ -76,6 +76,22 @@ def test_runs_with_other_compute_are_not_seeds_of_one_row(tmp_path):
     one["hardware"]["torch_threads"], two["hardware"]["torch_threads"] = 1, 2
     rows = rows_by_table([{**r, "_file": "x"} for r in (two, one)])[("lm", "wikitext-2")]
     assert [row["model"] for row in rows] == ["lstm (60 min) [threads=2]", "lstm (60 min) [threads=1]"]
+    # Nor are runs on another CPU model: the same minutes buy a different number of steps.
+    fast, slow = variant(**{"metrics.test_ppl": 120.0}), variant(**{"metrics.test_ppl": 135.0})
+    fast["hardware"]["cpu"], slow["hardware"]["cpu"] = "Intel Xeon", "AMD EPYC"
+    fast["config"]["train"]["seed"] = 2  # seeds differ too, but the CPU alone keeps them apart
+    rows = rows_by_table([{**r, "_file": "x"} for r in (slow, fast)])[("lm", "wikitext-2")]
+    assert [row["model"] for row in rows] == ["lstm (60 min) [device=Intel Xeon]", "lstm (60 min) [device=AMD EPYC]"]
+    # Three rows, two of them alike in the first three settings: the fourth difference tells those two apart.
+    full = variant(**{"metrics.test_ppl": 150.0})
+    for record in (fast, slow):
+        record["config"]["model"].update(head="adaptive", adaptive_cutoffs=[2000], tie_weights=False)
+    full["config"]["model"].update(head="full", adaptive_cutoffs=[], tie_weights=True)
+    rows = rows_by_table([{**r, "_file": "x"} for r in (slow, fast, full)])[("lm", "wikitext-2")]
+    assert [row["model"] for row in rows] == [
+        "lstm (60 min) [adaptive_cutoffs=[2000], head=adaptive, tie_weights=false, device=Intel Xeon]",
+        "lstm (60 min) [adaptive_cutoffs=[2000], head=adaptive, tie_weights=false, device=AMD EPYC]",
+        "lstm (60 min) [adaptive_cutoffs=[], head=full, tie_weights=true, device=AMD EPYC]"]
 
 
 def test_check_reports_a_stale_readme_and_plot(tmp_path, capsys):
