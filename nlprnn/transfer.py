@@ -13,6 +13,7 @@ listed in the report, with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +89,19 @@ def _read_word2vec_binary(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def align_vectors(target_words: list[str], source_words: list[str], source: torch.Tensor,
-                  weight: torch.Tensor, skip: tuple[str, ...] = ()) -> dict:
-    """Copy source rows into `weight` (target vocabulary x dim) by word, with a case-insensitive fallback."""
+                  weight: torch.Tensor, skip: tuple[str, ...] = (), normalise: Callable[[str], str] | None = None
+                  ) -> dict:
+    """Copy source rows into `weight` (target vocabulary x dim) by word, with a case-insensitive fallback.
+
+    `normalise` is how the target built its vocabulary (e.g. digits to zero): source words go through it too,
+    or a tagger's 0000 would never meet the LM's 1996. Where several source words become one, the first
+    (in a frequency-sorted vocabulary, the most frequent) gives the vector.
+    """
     if source.shape[1] != weight.shape[1]:
         raise NlprnnError(f"word vectors have {source.shape[1]} dimensions, the model's embedding "
                           f"{weight.shape[1]}; set the embedding size to {source.shape[1]}")
+    if normalise is not None:
+        source_words = [normalise(w) for w in source_words]
     exact = {w: i for i, w in reversed(list(enumerate(source_words)))}  # first occurrence wins
     lowered: dict[str, int] = {}
     for i, w in enumerate(source_words):
@@ -182,8 +191,11 @@ def source_words(init_from: str | None, word_vectors: str | None) -> list[str]:
     return words
 
 
-def transfer_from_checkpoint(directory: str, model: nn.Module, target_words: list[str]) -> dict:
-    """Initialise `model` from a pretrained LM checkpoint; returns the report (what was copied and skipped)."""
+def transfer_from_checkpoint(directory: str, model: nn.Module, target_words: list[str],
+                             normalise: Callable[[str], str] | None = None) -> dict:
+    """Initialise `model` from a pretrained LM checkpoint; returns the report (what was copied and skipped).
+
+    `normalise`: how the target normalised its words (see `align_vectors`)."""
     from nlprnn.hub import from_pretrained
 
     source, source_vocab = from_pretrained(directory)
@@ -195,7 +207,7 @@ def transfer_from_checkpoint(directory: str, model: nn.Module, target_words: lis
     if vectors.shape[1] == embedding.weight.shape[1]:
         specials = tuple(w for w in ("<pad>", "<unk>", "<eos>") if w in target_words)
         report["embedding_coverage"] = align_vectors(target_words, source_vocab.itos, vectors, embedding.weight,
-                                                     skip=specials)
+                                                     skip=specials, normalise=normalise)
         report["copied"].append(f"{_name_of(model, embedding)} <- word embeddings ({vectors.shape[1]} dims)")
     else:
         report["skipped"].append(f"word embeddings: {vectors.shape[1]} dims into {embedding.weight.shape[1]}; set "

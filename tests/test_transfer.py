@@ -68,6 +68,17 @@ def test_alignment_falls_back_to_lower_case_and_reports_coverage():
         align_vectors(target, WORDS, torch.from_numpy(VECTORS), torch.zeros(6, 4))
 
 
+def test_alignment_normalises_source_words_as_the_target_did():
+    # A tagger that maps digits to zero has 0000 where the LM has 1996 and 2011: the most frequent (first) wins.
+    source = torch.arange(9, dtype=torch.float32).reshape(3, 3)
+    weight = torch.zeros(3, 3)
+    report = align_vectors(["<pad>", "0000", "Paris"], ["1996", "2011", "Paris"], source, weight, skip=("<pad>",),
+                           normalise=lambda w: "".join("0" if c.isdigit() else c for c in w))
+    assert report["exact"] == 2 and report["missing"] == 0
+    assert torch.equal(weight[1], source[0]) and torch.equal(weight[2], source[2])
+    assert align_vectors(["0000"], ["1996"], source[:1], torch.zeros(1, 3))["missing"] == 1  # without it
+
+
 def saved_lm(tmp_path, name="lstm", **values):
     torch.manual_seed(0)
     vocab = WordVocab.build([["the", "cat", "Paris", "saw", "Maria"]], specials=("<unk>", "<eos>"))
@@ -222,14 +233,17 @@ def test_add_source_words_gives_unseen_words_their_lm_vectors(conll_corpus, tmp_
     run_dir = tmp_path / "run"
     launch(tiny_ner_overrides(conll_corpus, run_dir, **{
         "model.init_from": str(tmp_path / "lm"), "transfer.add_source_words": True, "model.char_features": "none",
-        "transfer.freeze": "{embedding: -1}", "data.digits_to_zero": False, "train.epochs": 1}), recipe="ner.py")
+        "transfer.freeze": "{embedding: -1}", "data.digits_to_zero": True, "train.epochs": 1}), recipe="ner.py")
     record = json.loads((run_dir / "result.json").read_text())
     assert record["data"]["source_words_added"] == 2
     tagger_vocab = WordVocab.load(run_dir / "model" / "vocab.json")
     assert tagger_vocab.itos[-2:] == ["Zanzibar", "Kathmandu"] and "<eos>" not in tagger_vocab
     final = final_weights(run_dir)
-    for word in ("Zanzibar", "Kathmandu"):
-        assert torch.equal(final["embedding.weight"][tagger_vocab[word]], lm.embedding.weight[vocab[word]].detach())
+    # The data's years are one word to the tagger (digits to zero): it takes the LM's most frequent year.
+    first_year = next(w for w in vocab.itos if w.isdigit())
+    for word, source in (("Zanzibar", "Zanzibar"), ("Kathmandu", "Kathmandu"), ("0000", first_year)):
+        assert torch.equal(final["embedding.weight"][tagger_vocab[word]], lm.embedding.weight[vocab[source]].detach())
+    assert record["transfer"]["embedding_coverage"]["missing"] == 0
 
 
 def test_add_source_words_needs_a_source_and_a_word_vocabulary(tmp_path):

@@ -68,16 +68,17 @@ def apply_transfer(model, cfg: ExperimentConfig, task) -> dict:
     if not t.init_from and not t.word_vectors:
         return {}
     words = task.transfer_words()
+    normalise = getattr(task, "normalise", None)  # source words are matched as the task spells its own
     report: dict = {}
     if t.init_from:
-        report = transfer_from_checkpoint(t.init_from, model, words)
+        report = transfer_from_checkpoint(t.init_from, model, words, normalise)
     if t.word_vectors:
         source_words, vectors = read_word_vectors(t.word_vectors)
         embedding = target_embedding(model)
         specials = tuple(w for w in SPECIAL_TOKENS if w in words)
         report["word_vectors"] = {"file": t.word_vectors, "vectors": len(source_words),
                                   **align_vectors(words, source_words, torch.from_numpy(vectors), embedding.weight,
-                                                  skip=specials)}
+                                                  skip=specials, normalise=normalise)}
         name = next(n for n, m in model.named_modules() if m is embedding) + ".weight"
         report.setdefault("pretrained_parameters", [])
         if name not in report["pretrained_parameters"]:
