@@ -58,9 +58,26 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(arg: str, repo: Path = REPO) -> str:
+    """A path inside the checkout (alone or as key=value) relative to its root: the command then runs in any
+    clone, as `nlprnn leaderboard --reproduce` does from the repository root. Other paths stay as they are."""
+    key, sep, value = arg.rpartition("=") if "=" in arg and not arg.startswith("/") else ("", "", arg)
+    if not value.startswith("/"):
+        return arg
+    try:
+        relative = Path(value).resolve().relative_to(repo)
+    except ValueError:
+        return arg
+    return f"{key}{sep}{relative}"
+
+
 def command_line() -> str:
     """The command as the user would type it again, including `accelerate launch` when it was used."""
     argv = [sys.argv[0] if sys.argv[0].endswith(".py") else Path(sys.argv[0]).name, *sys.argv[1:]]
+    argv = [repo_relative(arg) for arg in argv]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if "ACCELERATE_MIXED_PRECISION" in os.environ or world > 1 and "LOCAL_RANK" in os.environ:
         launch = ["accelerate", "launch"]

@@ -65,3 +65,14 @@ def test_provenance():
     commit = git_commit()
     assert commit == "unknown" or len(commit.split("-")[0]) == 40
     assert "pytest" in command_line() or "py" in command_line()
+
+
+def test_commands_name_files_in_the_checkout_relative_to_its_root(tmp_path):
+    from nlprnn.results import repo_relative
+
+    repo = tmp_path / "clone"
+    (repo / "recipes" / "configs").mkdir(parents=True)
+    assert repo_relative(str(repo / "recipes" / "ner.py"), repo) == "recipes/ner.py"
+    assert repo_relative(f"--config={repo}/recipes/configs/x.yaml", repo) == "--config=recipes/configs/x.yaml"
+    assert repo_relative("run.dir=/work/runs/a", repo) == "run.dir=/work/runs/a"  # outside: kept
+    assert repo_relative("train.seed=1", repo) == "train.seed=1"
