@@ -28,9 +28,9 @@ from pathlib import Path
 from nlprnn.config import flatten
 from nlprnn.errors import NlprnnError
 from nlprnn.plots import data_hash, draw, png_data_hash
-from nlprnn.results import read_record
+from nlprnn.results import REPO, read_record
 
-ROOT = Path(__file__).resolve().parents[1] / "leaderboard"
+ROOT = REPO / "leaderboard"
 MAIN_METRIC = {"lm": ("test_ppl", "valid_ppl", False, "perplexity"), "mt": ("test_bleu", "valid_bleu", True, "BLEU"),
                "ner": ("test_f1", "valid_f1", True, "entity F1")}
 TASK_TITLES = {"lm": "Language modelling", "mt": "Translation", "ner": "Named-entity recognition"}

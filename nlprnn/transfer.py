@@ -205,7 +205,7 @@ def transfer_from_checkpoint(directory: str, model: nn.Module, target_words: lis
     embedding = target_embedding(model)
     report: dict = {"source": str(directory), "source_model": source.model_name, "copied": [], "skipped": []}
     if vectors.shape[1] == embedding.weight.shape[1]:
-        specials = tuple(w for w in ("<pad>", "<unk>", "<eos>") if w in target_words)
+        specials = tuple(w for w in SPECIAL_TOKENS if w in target_words)
         report["embedding_coverage"] = align_vectors(target_words, source_vocab.itos, vectors, embedding.weight,
                                                      skip=specials, normalise=normalise)
         report["copied"].append(f"{_name_of(model, embedding)} <- word embeddings ({vectors.shape[1]} dims)")
