@@ -323,7 +323,7 @@ def reproduce_command(record: dict, run_dir: str, budget_minutes: float | None =
 
     if budget_minutes and same_steps:
         raise NlprnnError("--budget-minutes and --same-steps exclude each other")
-    command = shlex.split(record["command"])
+    command = [_into_this_checkout(arg) for arg in shlex.split(record["command"])]
     if command[0] == "python":
         command[0] = sys.executable
     overrides = [f"run.dir={run_dir}", "run.resume=false"]
@@ -336,6 +336,20 @@ def reproduce_command(record: dict, run_dir: str, budget_minutes: float | None =
                               "was 0), so setting max_steps would change the schedule; use its time budget")
         overrides += [f"train.max_steps={record['train']['steps']}", "train.max_minutes=0"]
     return command + overrides  # later key=value pairs win over the recorded ones
+
+
+def _into_this_checkout(arg: str) -> str:
+    """An absolute path into another clone of the repository (records written before paths were stored
+    relative to the root carry e.g. /tmp/runclone/recipes/ner.py) becomes the same file in this checkout.
+    Paths outside any clone (a pretrained model, a data folder) are left alone: they must exist as recorded."""
+    key, sep, value = arg.rpartition("=") if "=" in arg and not arg.startswith("/") else ("", "", arg)
+    if not value.startswith("/") or Path(value).exists():
+        return arg
+    parts = Path(value).parts
+    for start in range(1, len(parts) - 1):
+        if parts[start] in ("recipes", "benchmarks", "leaderboard") and REPO.joinpath(*parts[start:]).exists():
+            return f"{key}{sep}{Path(*parts[start:])}"
+    return arg
 
 
 def reproduce(record_path: str, budget_minutes: float | None, run_dir: str | None, same_steps: bool = False) -> dict:

@@ -156,6 +156,16 @@ def test_reproduce_by_budget_or_by_the_recorded_steps():
         reproduce_command(cosine, "runs/again", same_steps=True)
 
 
+def test_reproduce_maps_paths_into_another_clone_onto_this_checkout(tmp_path):
+    record = variant(command="accelerate launch /tmp/gone/clone/recipes/ner.py --config "
+                             "/tmp/gone/clone/recipes/configs/ner/conll2003_bilstm_crf.yaml "
+                             f"model.init_from=/tmp/gone/lm/model data.path={tmp_path}")
+    command = reproduce_command(record, "runs/again")
+    assert command[2:5] == ["recipes/ner.py", "--config", "recipes/configs/ner/conll2003_bilstm_crf.yaml"]
+    # a pretrained model or a data folder is not part of the repository: it must exist where it was
+    assert "model.init_from=/tmp/gone/lm/model" in command and f"data.path={tmp_path}" in command
+
+
 @pytest.mark.slow
 def test_reproduce_reruns_the_recorded_command(lm_corpus, tmp_path, capsys, monkeypatch):
     first = tmp_path / "first"
