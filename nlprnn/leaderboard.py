@@ -56,9 +56,24 @@ def load_records(root: Path) -> tuple[list[dict], list[dict]]:
     return runs, benchmarks
 
 
+def _full_config(record: dict) -> dict:
+    """The record's config with the settings added to the code since it ran filled in with their defaults.
+
+    A new setting keeps the old behaviour as its default, so a record written before it existed ran with
+    that default: without filling it in, one more seed of an old row would never join it. A record whose
+    config this code no longer reads keeps its config as written.
+    """
+    from nlprnn.config import load_config
+
+    try:
+        return load_config(None, [], **json.loads(json.dumps(record["config"]))).to_dict()
+    except NlprnnError:
+        return json.loads(json.dumps(record["config"]))
+
+
 def _identity(record: dict) -> str:
     """Records equal but for seed and output folder, run with the same compute, are seeds of one row."""
-    config = json.loads(json.dumps(record["config"]))
+    config = _full_config(record)
     config.get("train", {}).pop("seed", None)
     config.get("run", {}).pop("dir", None)
     return json.dumps([record["task"], record["dataset"], record["model"], config, _compute(record)], sort_keys=True)
@@ -109,8 +124,8 @@ def rows_by_table(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
 def _name_apart(rows: list[dict], most: int = 3) -> None:
     """Rows that would share a label (e.g. full and adaptive softmax LSTMs) get the settings they differ in.
 
-    Only keys every record has count: a key missing from an older record is a setting added to the code
-    since, not a choice. Rows that differ in nothing else are told apart by commit.
+    Settings an older record lacks read as their defaults (`_full_config`). Rows that still look alike
+    are told apart by commit.
     """
     by_label: dict[str, list[dict]] = {}
     for row in rows:
@@ -118,7 +133,7 @@ def _name_apart(rows: list[dict], most: int = 3) -> None:
     for same in by_label.values():
         if len(same) < 2:
             continue
-        configs = [flatten(row["records"][0]["config"]) | _compute(row["records"][0]) for row in same]
+        configs = [flatten(_full_config(row["records"][0])) | _compute(row["records"][0]) for row in same]
         # Settings first, then compute: a row is told apart by what was chosen before where it ran.
         keys = sorted(set.intersection(*(set(c) for c in configs)) - {"train.seed", "run.dir"},
                       key=lambda k: ("." not in k, k))
@@ -130,7 +145,9 @@ def _name_apart(rows: list[dict], most: int = 3) -> None:
                 break
             shown += 1
         for row, label in zip(same, labels):
-            row["model"] += f" [{label or 'commit ' + row['records'][0]['git_commit'][:8]}]"
+            if not label or labels.count(label) > 1:
+                label = ", ".join(filter(None, [label, "commit " + row["records"][0]["git_commit"][:8]]))
+            row["model"] += f" [{label}]"
 
 
 def _short(value) -> str:

@@ -69,6 +69,32 @@ def test_rows_that_would_share_a_label_show_the_settings_they_differ_in(tmp_path
                                               "lstm (60 min) [init_from=]"]
 
 
+def test_a_setting_added_since_an_old_record_reads_as_its_default():
+    old = variant(**{"metrics.test_ppl": 150.0})  # written before the lightrnn and transfer settings existed
+    assert "lightrnn" not in old["config"] and "transfer" not in old["config"]
+    seed = variant(**{"metrics.test_ppl": 160.0})
+    seed["config"]["train"]["seed"] = 2
+    seed["config"]["lightrnn"] = {"reallocations": 0}  # today's code records every default
+    seed["config"]["transfer"] = {"init_from": None, "add_source_words": False}
+    capped = variant(**{"metrics.test_ppl": 140.0})
+    capped["config"]["lightrnn"] = {"reallocations": 3}
+    rows = rows_by_table([{**r, "_file": "x"} for r in (old, seed, capped)])[("lm", "wikitext-2")]
+    assert [(row["model"], len(row["records"])) for row in rows] == [
+        ("lstm (60 min) [reallocations=3]", 1), ("lstm (60 min) [reallocations=0]", 2)]
+
+
+def test_rows_that_still_look_alike_after_every_difference_add_their_commit():
+    # Two rows apart from a third in one setting, and from each other only in a setting old code lacked.
+    a = variant(**{"metrics.test_ppl": 150.0, "git_commit": "a" * 40})
+    a["config"]["train"]["a_removed_setting"] = 1
+    b = variant(**{"metrics.test_ppl": 160.0, "git_commit": "b" * 40})
+    c = variant(**{"metrics.test_ppl": 140.0})
+    c["config"]["train"]["lr"] = 1.0
+    labels = [row["model"] for row in rows_by_table([{**r, "_file": "x"} for r in (a, b, c)])[("lm", "wikitext-2")]]
+    assert labels == ["lstm (60 min) [lr=1.0]", "lstm (60 min) [lr=20.0, commit aaaaaaaa]",
+                      "lstm (60 min) [lr=20.0, commit bbbbbbbb]"]
+
+
 def test_runs_with_other_compute_are_not_seeds_of_one_row(tmp_path):
     # Under a wall-clock budget one thread buys less training than two: a different row, labelled so.
     two = variant(**{"metrics.test_ppl": 150.0})
