@@ -28,7 +28,7 @@ from pathlib import Path
 from nlprnn.config import flatten
 from nlprnn.errors import NlprnnError
 from nlprnn.plots import data_hash, draw, png_data_hash
-from nlprnn.results import REPO, read_record
+from nlprnn.results import REPO, read_record, split_path_argument
 
 ROOT = REPO / "leaderboard"
 MAIN_METRIC = {"lm": ("test_ppl", "valid_ppl", False, "perplexity"), "mt": ("test_bleu", "valid_bleu", True, "BLEU"),
@@ -71,9 +71,9 @@ def _full_config(record: dict) -> dict:
         return json.loads(json.dumps(record["config"]))
 
 
-def _identity(record: dict) -> str:
+def _identity(record: dict, config: dict) -> str:
     """Records equal but for seed and output folder, run with the same compute, are seeds of one row."""
-    config = _full_config(record)
+    config = json.loads(json.dumps(config))
     config.get("train", {}).pop("seed", None)
     config.get("run", {}).pop("dir", None)
     return json.dumps([record["task"], record["dataset"], record["model"], config, _compute(record)], sort_keys=True)
@@ -100,7 +100,8 @@ def _mean_std(values: list[float]) -> str:
 def rows_by_table(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     groups: dict[str, list[dict]] = {}
     for record in runs:
-        groups.setdefault(_identity(record), []).append(record)
+        record["_config"] = _full_config(record)
+        groups.setdefault(_identity(record, record["_config"]), []).append(record)
     tables: dict[tuple[str, str], list[dict]] = {}
     for records in groups.values():
         first = records[0]
@@ -133,7 +134,7 @@ def _name_apart(rows: list[dict], most: int = 3) -> None:
     for same in by_label.values():
         if len(same) < 2:
             continue
-        configs = [flatten(_full_config(row["records"][0])) | _compute(row["records"][0]) for row in same]
+        configs = [flatten(row["records"][0]["_config"]) | _compute(row["records"][0]) for row in same]
         # Settings first, then compute: a row is told apart by what was chosen before where it ran.
         keys = sorted(set.intersection(*(set(c) for c in configs)) - {"train.seed", "run.dir"},
                       key=lambda k: ("." not in k, k))
@@ -359,13 +360,13 @@ def _into_this_checkout(arg: str) -> str:
     """An absolute path into another clone of the repository (records written before paths were stored
     relative to the root carry e.g. /tmp/runclone/recipes/ner.py) becomes the same file in this checkout.
     Paths outside any clone (a pretrained model, a data folder) are left alone: they must exist as recorded."""
-    key, sep, value = arg.rpartition("=") if "=" in arg and not arg.startswith("/") else ("", "", arg)
+    prefix, value = split_path_argument(arg)
     if not value.startswith("/") or Path(value).exists():
         return arg
     parts = Path(value).parts
     for start in range(1, len(parts) - 1):
         if parts[start] in ("recipes", "benchmarks", "leaderboard") and REPO.joinpath(*parts[start:]).exists():
-            return f"{key}{sep}{Path(*parts[start:])}"
+            return f"{prefix}{Path(*parts[start:])}"
     return arg
 
 

@@ -61,17 +61,23 @@ def git_commit(cwd: str | Path | None = None) -> str:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def split_path_argument(arg: str) -> tuple[str, str]:
+    """"model.init_from=/a/b" -> ("model.init_from=", "/a/b"); a bare path has no prefix."""
+    key, sep, value = arg.rpartition("=") if "=" in arg and not arg.startswith("/") else ("", "", arg)
+    return key + sep, value
+
+
 def repo_relative(arg: str, repo: Path = REPO) -> str:
     """A path inside the checkout (alone or as key=value) relative to its root: the command then runs in any
     clone, as `nlprnn leaderboard --reproduce` does from the repository root. Other paths stay as they are."""
-    key, sep, value = arg.rpartition("=") if "=" in arg and not arg.startswith("/") else ("", "", arg)
+    prefix, value = split_path_argument(arg)
     if not value.startswith("/"):
         return arg
     try:
         relative = Path(value).resolve().relative_to(repo)
     except ValueError:
         return arg
-    return f"{key}{sep}{relative}"
+    return f"{prefix}{relative}"
 
 
 def command_line() -> str:
