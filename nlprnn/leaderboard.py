@@ -2,8 +2,8 @@
 
     nlprnn leaderboard                       validate every record, rewrite README.md and the plots
     nlprnn leaderboard --check               exit 1 when the committed README or plots are stale
-    nlprnn leaderboard --reproduce RECORD [--budget-minutes N | --same-steps]   re-run a record's command,
-                                             compare metrics
+    nlprnn leaderboard --reproduce RECORD [--budget-minutes N | --same-steps] [--json PATH]
+                                             re-run a record's command, compare metrics (and record them)
 
 Run records live in `leaderboard/results/<task>/<dataset>/*.json` (written by the recipes), benchmark records
 in `leaderboard/results/benchmarks/*.json` (written by the benchmark scripts with --json). Records of the
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from nlprnn.config import flatten
 from nlprnn.errors import NlprnnError
+from nlprnn.io import atomic_write_json
 from nlprnn.plots import data_hash, draw, png_data_hash
 from nlprnn.results import REPO, read_record, split_path_argument
 
@@ -241,6 +242,19 @@ def _reallocation_table(b: dict) -> list[str]:
         [f"failed: {f}" for f in b.get("failures", [])]
 
 
+def _reproduction_table(b: dict) -> list[str]:
+    def run(r: dict) -> str:
+        return (f"commit `{r['git_commit'][:8]}`, {_hardware(r)}, seed {r['seed']}, {r['steps']:,} steps in "
+                f"{r['wall_seconds'] / 60:.0f} min")
+
+    parts = Path(b["record"]).parts
+    link = (f"[{parts[-1]}]({Path(*parts[1:]).as_posix()})" if parts[0] == "leaderboard" else f"`{b['record']}`")
+    return [f"Re-run of {link} ({b['mode']}). Recorded: {run(b['recorded'])}. Reproduced: {run(b['reproduced'])}.", "",
+            *_table(["metric", "recorded", "reproduced", "difference"],
+                    [[r["metric"], f"{r['recorded']:.2f}", f"{r['reproduced']:.2f}", f"{r['difference']:+.2f}"]
+                     for r in b["rows"]])]
+
+
 def _rows_table(b: dict) -> list[str]:
     """Any other benchmark: its `rows`, one column per scalar field."""
     rows = b.get("rows") or []
@@ -250,7 +264,8 @@ def _rows_table(b: dict) -> list[str]:
     return _table(header, [[row.get(k, "") for k in header] for row in rows])
 
 
-BENCHMARK_TABLES = {"lightrnn_speed": _lightrnn_speed_tables, "lightrnn_reallocation": _reallocation_table}
+BENCHMARK_TABLES = {"lightrnn_speed": _lightrnn_speed_tables, "lightrnn_reallocation": _reallocation_table,
+                    "reproduction": _reproduction_table}
 
 
 def read_references(root: Path) -> list[dict]:
@@ -370,15 +385,37 @@ def _into_this_checkout(arg: str) -> str:
     return arg
 
 
-def reproduce(record_path: str, budget_minutes: float | None, run_dir: str | None, same_steps: bool = False) -> dict:
-    """Re-run a record's command and return both metric sets."""
+def reproduce(record_path: str, budget_minutes: float | None, run_dir: str | None, same_steps: bool = False,
+              json_path: str | None = None) -> dict:
+    """Re-run a record's command and return both metric sets; with `json_path`, also write a reproduction
+    record there (a benchmark record the leaderboard shows next to the rows)."""
     import subprocess
 
     record = read_record(record_path)
     new_dir = run_dir or str(Path("runs") / "reproduce" / Path(record_path).stem)
     subprocess.run(reproduce_command(record, new_dir, budget_minutes, same_steps), check=True)
     new = read_record(Path(new_dir) / "result.json", require_commit=False)
+    if json_path:
+        mode = "same steps" if same_steps else f"{budget_minutes:g}-minute budget" if budget_minutes else "as recorded"
+        atomic_write_json(json_path, reproduction_record(record_path, record, new, mode))
     return {"old": record["metrics"], "new": new["metrics"]}
+
+
+def reproduction_record(record_path: str, record: dict, new: dict, mode: str) -> dict:
+    """Old and new main metrics side by side, with where and how long each run trained."""
+    from nlprnn.results import command_line, now_iso, repo_relative
+
+    test_key, valid_key, _, _ = MAIN_METRIC.get(record["task"], ("test", "valid", True, ""))
+    rows = [{"metric": key, "recorded": record["metrics"][key], "reproduced": new["metrics"][key],
+             "difference": new["metrics"][key] - record["metrics"][key]} for key in (valid_key, test_key)]
+
+    def run(r: dict) -> dict:
+        return {"git_commit": r["git_commit"], "hardware": r["hardware"], "seed": r["seed"],
+                "steps": r["train"]["steps"], "wall_seconds": r["train"]["wall_seconds"]}
+
+    return {"benchmark": "reproduction", "record": repo_relative(str(Path(record_path).resolve())), "mode": mode,
+            "rows": rows, "recorded": run(record), "reproduced": run(new), "hardware": new["hardware"],
+            "git_commit": new["git_commit"], "command": command_line(), "date": now_iso()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,12 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--same-steps", action="store_true",
                         help="with --reproduce: train for the recorded number of steps instead of its time budget")
     parser.add_argument("--run-dir", default=None, help="with --reproduce: where the new run goes")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="with --reproduce: write a reproduction record here (e.g. leaderboard/results/benchmarks/"
+                             "reproduce_<name>.json) for the leaderboard")
     args = parser.parse_args(argv)
     status = [0]
 
     def run() -> None:
         if args.reproduce:
-            result = reproduce(args.reproduce, args.budget_minutes, args.run_dir, args.same_steps)
+            result = reproduce(args.reproduce, args.budget_minutes, args.run_dir, args.same_steps, args.json)
             for key in sorted(set(result["old"]) | set(result["new"])):
                 old, new = result["old"].get(key), result["new"].get(key)
                 if isinstance(old, float) and isinstance(new, float):

@@ -8,7 +8,7 @@ from conftest import REPO, tiny_lm_overrides
 from test_resume_distributed import launch
 
 from nlprnn.errors import NlprnnError
-from nlprnn.leaderboard import generate, main, reproduce_command, rows_by_table
+from nlprnn.leaderboard import generate, main, reproduce_command, reproduction_record, rows_by_table
 
 REAL = json.loads((REPO / "leaderboard" / "results" / "lm" / "wikitext-2" / "wikitext2_lstm_60min.json").read_text())
 
@@ -192,6 +192,25 @@ def test_reproduce_maps_paths_into_another_clone_onto_this_checkout(tmp_path):
     assert "model.init_from=/tmp/gone/lm/model" in command and f"data.path={tmp_path}" in command
 
 
+def test_a_reproduction_record_shows_old_and_new_metrics_on_the_leaderboard(tmp_path):
+    again = variant(**{"metrics.test_ppl": REAL["metrics"]["test_ppl"] + 0.5, "git_commit": "a" * 40})
+    again["hardware"]["cpu"] = "Another CPU"
+    record = reproduction_record(str(REPO / "leaderboard/results/lm/wikitext-2/wikitext2_lstm_60min.json"),
+                                 REAL, again, "same steps")
+    assert record["record"] == "leaderboard/results/lm/wikitext-2/wikitext2_lstm_60min.json"
+    assert [r["metric"] for r in record["rows"]] == ["valid_ppl", "test_ppl"]
+    assert record["rows"][1]["difference"] == pytest.approx(0.5)
+    root = board(tmp_path, {"a.json": REAL})
+    (root / "results" / "benchmarks").mkdir()
+    (root / "results" / "benchmarks" / "reproduce_lstm.json").write_text(json.dumps(record))
+    generate(root)
+    readme = (root / "README.md").read_text()
+    assert "Re-run of [wikitext2_lstm_60min.json](results/lm/wikitext-2/wikitext2_lstm_60min.json) (same steps)" in readme
+    assert f"Reproduced: commit `aaaaaaaa`, Another CPU x{REAL['hardware']['torch_threads']} threads" in readme
+    old = REAL["metrics"]["test_ppl"]
+    assert f"| test_ppl | {old:.2f} | {old + 0.5:.2f} | +0.50 |" in readme
+
+
 @pytest.mark.slow
 def test_reproduce_reruns_the_recorded_command(lm_corpus, tmp_path, capsys, monkeypatch):
     first = tmp_path / "first"
@@ -201,7 +220,11 @@ def test_reproduce_reruns_the_recorded_command(lm_corpus, tmp_path, capsys, monk
     (first / "result.json").write_text(json.dumps(record))
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert main(["--reproduce", str(first / "result.json"), "--run-dir", str(tmp_path / "again")]) == 0
+    assert main(["--reproduce", str(first / "result.json"), "--run-dir", str(tmp_path / "again"),
+                 "--json", str(tmp_path / "reproduction.json")]) == 0
     out = capsys.readouterr().out
     assert "valid_ppl: recorded" in out and "difference +0.000" in out  # same seed, same machine: exact
+    written = json.loads((tmp_path / "reproduction.json").read_text())
+    assert written["benchmark"] == "reproduction" and written["mode"] == "as recorded"
+    assert [row["difference"] for row in written["rows"]] == [0.0, 0.0]
     shutil.rmtree(tmp_path / "again")
