@@ -8,7 +8,8 @@ from conftest import REPO, tiny_lm_overrides
 from test_resume_distributed import launch
 
 from nlprnn.errors import NlprnnError
-from nlprnn.leaderboard import generate, main, reproduce_command, reproduction_record, rows_by_table
+from nlprnn.leaderboard import generate, main, rows_by_table
+from nlprnn.reproduce import reproduce_command, reproduction_record
 
 REAL = json.loads((REPO / "leaderboard" / "results" / "lm" / "wikitext-2" / "wikitext2_lstm_60min.json").read_text())
 
