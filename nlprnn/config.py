@@ -153,6 +153,9 @@ class TransferConfig:
     word_vectors: str | None = None  # GloVe / word2vec / fastText text file or word2vec .bin, aligned by word
     freeze: dict = field(default_factory=dict)  # module-name prefix -> epoch it starts training (-1: never)
     pretrained_lr_scale: float = 1.0  # learning-rate multiplier of the parameters that were transferred
+    # match: copied word vectors are scaled by one factor to the std of the model's own random initialisation
+    # (NCRF++'s norm_word_emb normalises each vector instead, which loses their relative norms)
+    vector_scale: str = choice("none", "none", "match")
     # ner: add the source's words missing from the training data to the word vocabulary, so a test word never
     # seen in training but known to the LM or the vectors file keeps that vector instead of <unk>'s.
     add_source_words: bool = False
@@ -376,7 +379,7 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
 
 
 def _check_ner_options(config: ExperimentConfig) -> None:
-    """The options only the ner task reads: unk_replace is a probability, add_source_words needs a source."""
+    """unk_replace is a probability; add_source_words (ner only) and vector_scale need a transfer source."""
     if config.task == "ner" and not 0.0 <= config.data.unk_replace <= 1.0:
         raise NlprnnError(f"data.unk_replace: expected a probability in [0, 1], got {config.data.unk_replace}")
     t = config.transfer
@@ -385,6 +388,9 @@ def _check_ner_options(config: ExperimentConfig) -> None:
                           f"task is {config.task}")
     if t.add_source_words and not (t.init_from or t.word_vectors):
         raise NlprnnError("transfer.add_source_words needs a source: model.init_from or model.word_vectors")
+    if t.vector_scale != "none" and not (t.init_from or t.word_vectors):
+        raise NlprnnError(f"transfer.vector_scale={t.vector_scale} needs a source: model.init_from or "
+                          "model.word_vectors")
 
 
 def _check_model_task(config: ExperimentConfig) -> None:

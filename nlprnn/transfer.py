@@ -89,13 +89,18 @@ def _read_word2vec_binary(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def align_vectors(target_words: list[str], source_words: list[str], source: torch.Tensor,
-                  weight: torch.Tensor, skip: tuple[str, ...] = (), normalise: Callable[[str], str] | None = None
-                  ) -> dict:
+                  weight: torch.Tensor, skip: tuple[str, ...] = (), normalise: Callable[[str], str] | None = None,
+                  match_scale: bool = False) -> dict:
     """Copy source rows into `weight` (target vocabulary x dim) by word, with a case-insensitive fallback.
 
     `normalise` is how the target built its vocabulary (e.g. digits to zero): source words go through it too,
     or a tagger's 0000 would never meet the LM's 1996. Where several source words become one, the first
     (in a frequency-sorted vocabulary, the most frequent) gives the vector.
+
+    `match_scale` multiplies every copied vector by one factor, so that they have the spread (std) of the
+    target's random initialisation: a Light RNN row+column vector is ~7x the size of a fresh tagger embedding,
+    and a copied word should not dwarf the words left random. One factor keeps the vectors' geometry (angles,
+    relative norms), unlike normalising each vector to unit length.
     """
     if source.shape[1] != weight.shape[1]:
         raise NlprnnError(f"word vectors have {source.shape[1]} dimensions, the model's embedding "
@@ -119,13 +124,18 @@ def align_vectors(target_words: list[str], source_words: list[str], source: torc
             found_lower += 1
             rows.append(row)
             sources.append(lowered[word.lower()])
+    scale = 1.0
     with torch.no_grad():
         if rows:
-            weight[torch.tensor(rows)] = source[torch.tensor(sources)].to(weight.dtype)
+            copied = source[torch.tensor(sources)].to(weight.dtype)
+            if match_scale and len(rows) > 1 and copied.std() > 0:
+                scale = (weight.std() / copied.std()).item()
+            weight[torch.tensor(rows)] = copied * scale
     total = len(target_words) - sum(w in skip for w in target_words)
     return {"total": total, "exact": found_exact, "lowercase": found_lower,
             "missing": total - found_exact - found_lower,
-            "coverage": (found_exact + found_lower) / total if total else 0.0}
+            "coverage": (found_exact + found_lower) / total if total else 0.0,
+            **({"scale": scale} if match_scale else {})}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,10 +202,10 @@ def source_words(init_from: str | None, word_vectors: str | None) -> list[str]:
 
 
 def transfer_from_checkpoint(directory: str, model: nn.Module, target_words: list[str],
-                             normalise: Callable[[str], str] | None = None) -> dict:
+                             normalise: Callable[[str], str] | None = None, match_scale: bool = False) -> dict:
     """Initialise `model` from a pretrained LM checkpoint; returns the report (what was copied and skipped).
 
-    `normalise`: how the target normalised its words (see `align_vectors`)."""
+    `normalise`, `match_scale`: see `align_vectors`."""
     from nlprnn.hub import from_pretrained
 
     source, source_vocab = from_pretrained(directory)
@@ -207,7 +217,7 @@ def transfer_from_checkpoint(directory: str, model: nn.Module, target_words: lis
     if vectors.shape[1] == embedding.weight.shape[1]:
         specials = tuple(w for w in SPECIAL_TOKENS if w in target_words)
         report["embedding_coverage"] = align_vectors(target_words, source_vocab.itos, vectors, embedding.weight,
-                                                     skip=specials, normalise=normalise)
+                                                     skip=specials, normalise=normalise, match_scale=match_scale)
         report["copied"].append(f"{_name_of(model, embedding)} <- word embeddings ({vectors.shape[1]} dims)")
     else:
         report["skipped"].append(f"word embeddings: {vectors.shape[1]} dims into {embedding.weight.shape[1]}; set "

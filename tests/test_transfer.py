@@ -68,6 +68,19 @@ def test_alignment_falls_back_to_lower_case_and_reports_coverage():
         align_vectors(target, WORDS, torch.from_numpy(VECTORS), torch.zeros(6, 4))
 
 
+def test_matched_scale_gives_copied_vectors_the_initial_spread_and_keeps_their_geometry():
+    torch.manual_seed(0)
+    weight = torch.randn(50, 8) * 0.05  # a fresh embedding
+    initial_std = weight.std().item()
+    source = torch.randn(40, 8) * 3.0  # e.g. Light RNN row+column vectors: far larger
+    words = [f"w{i}" for i in range(40)]
+    report = align_vectors([f"w{i}" for i in range(50)], words, source, weight, match_scale=True)
+    assert report["exact"] == 40 and report["scale"] == pytest.approx(initial_std / source.std().item(), rel=0.05)
+    assert weight[:40].std().item() == pytest.approx(initial_std, rel=0.1)
+    assert torch.allclose(weight[:40], source * report["scale"])  # one factor: angles and relative norms kept
+    assert "scale" not in align_vectors(words, words, source, torch.zeros(40, 8))
+
+
 def test_alignment_normalises_source_words_as_the_target_did():
     # A tagger that maps digits to zero has 0000 where the LM has 1996 and 2011: the most frequent (first) wins.
     source = torch.arange(9, dtype=torch.float32).reshape(3, 3)
@@ -126,6 +139,11 @@ def test_a_lightrnn_word_vector_is_its_row_and_column_vectors(tmp_path):
     model = tagger(["<pad>", "<unk>", "Paris"], embedding_size=8)
     report = transfer_from_checkpoint(str(directory), model, ["<pad>", "<unk>", "Paris"])
     assert torch.equal(model.embedding.weight[2], vectors[w]) and report["embedding_coverage"]["exact"] == 1
+    # transfer.vector_scale=match: the same vectors, times one factor reported with the coverage
+    words = ["<pad>", "<unk>", "Paris", "the"]
+    model = tagger(words, embedding_size=8)
+    scale = transfer_from_checkpoint(str(directory), model, words, match_scale=True)["embedding_coverage"]["scale"]
+    assert scale != 1.0 and torch.allclose(model.embedding.weight[2], vectors[w] * scale)
 
 
 def test_checkpoint_mismatch_lists_names_and_strict_false_reports_them(tmp_path):
@@ -251,5 +269,9 @@ def test_add_source_words_needs_a_source_and_a_word_vocabulary(tmp_path):
 
     with pytest.raises(NlprnnError, match="needs a source"):
         load_config(None, ["task=ner", "transfer.add_source_words=true"])
+    with pytest.raises(NlprnnError, match="vector_scale=match needs a source"):
+        load_config(None, ["task=ner", "transfer.vector_scale=match"])
+    with pytest.raises(NlprnnError, match="vector_scale"):
+        load_config(None, ["task=ner", "transfer.vector_scale=unit", f"model.init_from={tmp_path}"])
     with pytest.raises(NlprnnError, match="only the ner task"):
         load_config(None, ["task=mt", "transfer.add_source_words=true", f"model.init_from={tmp_path}"])

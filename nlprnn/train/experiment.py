@@ -71,14 +71,15 @@ def apply_transfer(model, cfg: ExperimentConfig, task) -> dict:
     normalise = getattr(task, "normalise", None)  # source words are matched as the task spells its own
     report: dict = {}
     if t.init_from:
-        report = transfer_from_checkpoint(t.init_from, model, words, normalise)
+        report = transfer_from_checkpoint(t.init_from, model, words, normalise, t.vector_scale == "match")
     if t.word_vectors:
         source_words, vectors = read_word_vectors(t.word_vectors)
         embedding = target_embedding(model)
         specials = tuple(w for w in SPECIAL_TOKENS if w in words)
         report["word_vectors"] = {"file": t.word_vectors, "vectors": len(source_words),
                                   **align_vectors(words, source_words, torch.from_numpy(vectors), embedding.weight,
-                                                  skip=specials, normalise=normalise)}
+                                                  skip=specials, normalise=normalise,
+                                                  match_scale=t.vector_scale == "match")}
         name = next(n for n, m in model.named_modules() if m is embedding) + ".weight"
         report.setdefault("pretrained_parameters", [])
         if name not in report["pretrained_parameters"]:
@@ -92,7 +93,8 @@ def _describe_transfer(report: dict) -> str:
         if key in report:
             c = report[key]
             lines.append(f"transfer: {what} found for {c['exact']} words, {c['lowercase']} more lower-cased, "
-                         f"{c['missing']} missing, of {c['total']}")
+                         f"{c['missing']} missing, of {c['total']}"
+                         + (f"; scaled by {c['scale']:.4g} to the initial spread" if "scale" in c else ""))
     lines += [f"transfer: copied {name}" for name in report.get("copied", [])]
     lines += [f"transfer: skipped {why}" for why in report.get("skipped", [])]
     return "\n".join(lines)
