@@ -2,8 +2,9 @@
 
     nlprnn leaderboard                       validate every record, rewrite README.md and the plots
     nlprnn leaderboard --check               exit 1 when the committed README or plots are stale
-    nlprnn leaderboard --reproduce RECORD [--budget-minutes N | --same-steps] [--json PATH]
-                                             re-run a record's command, compare metrics (and record them)
+    nlprnn leaderboard --reproduce RECORD [--budget-minutes N | --same-steps] [--json PATH] [--rerun RUN_DIR]
+                                             re-run a record's command (or take a re-run already made),
+                                             compare metrics (and record them)
 
 Run records live in `leaderboard/results/<task>/<dataset>/*.json` (written by the recipes), benchmark records
 in `leaderboard/results/benchmarks/*.json` (written by the benchmark scripts with --json). Records of the
@@ -355,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--same-steps", action="store_true",
                         help="with --reproduce: train for the recorded number of steps instead of its time budget")
     parser.add_argument("--run-dir", default=None, help="with --reproduce: where the new run goes")
+    parser.add_argument("--rerun", default=None, metavar="RUN_DIR",
+                        help="with --reproduce: compare with this re-run (made with the record's command) instead "
+                             "of running it again")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="with --reproduce: write a reproduction record here (e.g. leaderboard/results/benchmarks/"
                              "reproduce_<name>.json) for the leaderboard")
@@ -365,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.reproduce:
             from nlprnn.reproduce import reproduce
 
-            result = reproduce(args.reproduce, args.budget_minutes, args.run_dir, args.same_steps, args.json)
+            result = reproduce(args.reproduce, args.budget_minutes, args.run_dir, args.same_steps, args.json,
+                               args.rerun)
             for key in sorted(set(result["old"]) | set(result["new"])):
                 old, new = result["old"].get(key), result["new"].get(key)
                 if isinstance(old, float) and isinstance(new, float):

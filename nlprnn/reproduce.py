@@ -58,13 +58,28 @@ def _into_this_checkout(arg: str) -> str:
 
 
 def reproduce(record_path: str, budget_minutes: float | None, run_dir: str | None, same_steps: bool = False,
-              json_path: str | None = None) -> dict:
+              json_path: str | None = None, rerun: str | None = None) -> dict:
     """Re-run a record's command and return both metric sets; with `json_path`, also write a reproduction
-    record there (a benchmark record the leaderboard shows next to the rows)."""
+    record there (a benchmark record the leaderboard shows next to the rows).
+
+    `rerun`: the folder of a re-run already made with this command (a long one, started in the background),
+    compared instead of running again; its own record must show it ran the recorded command.
+    """
     record = read_record(record_path)
-    new_dir = run_dir or str(Path("runs") / "reproduce" / Path(record_path).stem)
-    subprocess.run(reproduce_command(record, new_dir, budget_minutes, same_steps), check=True)
-    new = read_record(Path(new_dir) / "result.json", require_commit=False)
+    if rerun:
+        new = read_record(Path(rerun) / "result.json", require_commit=False)
+        extra = new["command"][len(record["command"]):].split() if new["command"].startswith(record["command"]) \
+            else None
+        if extra is None or not any(arg.startswith("run.dir=") for arg in extra):
+            raise NlprnnError(f"{rerun}: its command is not a re-run of {record_path}: expected "
+                              f"'{record['command']} run.dir=...', got '{new['command']}'")
+        same_steps = f"train.max_steps={record['train']['steps']}" in extra
+        budgets = [arg.split("=", 1)[1] for arg in extra if arg.startswith("train.max_minutes=")]
+        budget_minutes = None if same_steps or not budgets else float(budgets[-1])
+    else:
+        new_dir = run_dir or str(Path("runs") / "reproduce" / Path(record_path).stem)
+        subprocess.run(reproduce_command(record, new_dir, budget_minutes, same_steps), check=True)
+        new = read_record(Path(new_dir) / "result.json", require_commit=False)
     if json_path:
         mode = "same steps" if same_steps else f"{budget_minutes:g}-minute budget" if budget_minutes else "as recorded"
         atomic_write_json(json_path, reproduction_record(record_path, record, new, mode))

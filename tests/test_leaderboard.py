@@ -212,6 +212,26 @@ def test_a_reproduction_record_shows_old_and_new_metrics_on_the_leaderboard(tmp_
     assert f"| test_ppl | {old:.2f} | {old + 0.5:.2f} | +0.50 |" in readme
 
 
+def test_a_rerun_made_earlier_is_compared_when_its_command_is_the_records(tmp_path, capsys):
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text(json.dumps(REAL))
+    rerun = variant(**{"metrics.test_ppl": REAL["metrics"]["test_ppl"] - 1.25, "git_commit": "b" * 40})
+    rerun["command"] = REAL["command"] + f" run.dir={tmp_path}/again run.resume=false " \
+                                          f"train.max_steps={REAL['train']['steps']} train.max_minutes=0"
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "result.json").write_text(json.dumps(rerun))
+    out = tmp_path / "reproduction.json"
+    assert main(["--reproduce", str(recorded), "--rerun", str(tmp_path / "again"), "--json", str(out)]) == 0
+    assert "difference -1.250" in capsys.readouterr().out
+    written = json.loads(out.read_text())
+    assert written["mode"] == "same steps" and written["reproduced"]["git_commit"] == "b" * 40
+    rerun["command"] = REAL["command"].replace("--num_cpu_threads_per_process 2", "--num_cpu_threads_per_process 1") \
+        + f" run.dir={tmp_path}/again"
+    (tmp_path / "again" / "result.json").write_text(json.dumps(rerun))
+    assert main(["--reproduce", str(recorded), "--rerun", str(tmp_path / "again")]) == 2
+    assert "its command is not a re-run of" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_reproduce_reruns_the_recorded_command(lm_corpus, tmp_path, capsys, monkeypatch):
     first = tmp_path / "first"
