@@ -123,6 +123,9 @@ def rows_by_table(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return tables
 
 
+LABEL_ORDER = {"model": 0, "transfer": 1, "data": 2, "train": 3}
+
+
 def _name_apart(rows: list[dict], most: int = 3) -> None:
     """Rows that would share a label (e.g. full and adaptive softmax LSTMs) get the settings they differ in.
 
@@ -136,9 +139,10 @@ def _name_apart(rows: list[dict], most: int = 3) -> None:
         if len(same) < 2:
             continue
         configs = [flatten(row["records"][0]["_config"]) | _compute(row["records"][0]) for row in same]
-        # Settings first, then compute: a row is told apart by what was chosen before where it ran.
+        # The model and what it starts from first, then data and training settings, then compute: a row is
+        # told apart by what was chosen before where it ran, and a pretrained row always says so.
         keys = sorted(set.intersection(*(set(c) for c in configs)) - {"train.seed", "run.dir"},
-                      key=lambda k: ("." not in k, k))
+                      key=lambda k: (LABEL_ORDER.get(k.split(".")[0], len(LABEL_ORDER)) if "." in k else 99, k))
         differing = [k for k in keys if len({json.dumps(c[k], sort_keys=True) for c in configs}) > 1]
         shown = most  # the first few differences, more only while two rows would still look alike
         while True:
