@@ -374,11 +374,11 @@ def load_config(config_path: str | Path | None = None, overrides: list[str] = ()
     values = {k: v for k, v in model.items() if k != "name"}
     config.model.update(dataclasses.asdict(config.model_config(**values)))
     _check_lightrnn_rounds(config)
-    _check_ner_options(config)
+    _check_task_and_transfer_options(config)
     return config
 
 
-def _check_ner_options(config: ExperimentConfig) -> None:
+def _check_task_and_transfer_options(config: ExperimentConfig) -> None:
     """unk_replace is a probability; add_source_words (ner only) and vector_scale need a transfer source."""
     if config.task == "ner" and not 0.0 <= config.data.unk_replace <= 1.0:
         raise NlprnnError(f"data.unk_replace: expected a probability in [0, 1], got {config.data.unk_replace}")

@@ -73,9 +73,11 @@ def reproduce(record_path: str, budget_minutes: float | None, run_dir: str | Non
         if extra is None or not any(arg.startswith("run.dir=") for arg in extra):
             raise NlprnnError(f"{rerun}: its command is not a re-run of {record_path}: expected "
                               f"'{record['command']} run.dir=...', got '{new['command']}'")
-        same_steps = f"train.max_steps={record['train']['steps']}" in extra
-        budgets = [arg.split("=", 1)[1] for arg in extra if arg.startswith("train.max_minutes=")]
-        budget_minutes = None if same_steps or not budgets else float(budgets[-1])
+        # How it was re-run, from its resolved config rather than from the command's words.
+        was, now = record["config"].get("train", {}), new["config"].get("train", {})
+        same_steps = now.get("max_steps") == record["train"]["steps"] and not now.get("max_minutes")
+        budget_minutes = None if same_steps or now.get("max_minutes") == was.get("max_minutes") \
+            else now.get("max_minutes")
     else:
         new_dir = run_dir or str(Path("runs") / "reproduce" / Path(record_path).stem)
         subprocess.run(reproduce_command(record, new_dir, budget_minutes, same_steps), check=True)

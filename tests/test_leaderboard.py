@@ -218,6 +218,7 @@ def test_a_rerun_made_earlier_is_compared_when_its_command_is_the_records(tmp_pa
     rerun = variant(**{"metrics.test_ppl": REAL["metrics"]["test_ppl"] - 1.25, "git_commit": "b" * 40})
     rerun["command"] = REAL["command"] + f" run.dir={tmp_path}/again run.resume=false " \
                                           f"train.max_steps={REAL['train']['steps']} train.max_minutes=0"
+    rerun["config"]["train"].update(max_steps=REAL["train"]["steps"], max_minutes=0)  # as the command set them
     (tmp_path / "again").mkdir()
     (tmp_path / "again" / "result.json").write_text(json.dumps(rerun))
     out = tmp_path / "reproduction.json"
