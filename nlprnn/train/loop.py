@@ -245,7 +245,9 @@ class Trainer:
             st.evals_without_improvement += 1
         if self.accelerator.is_main_process:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-            tqdm.write(f"step {st.step} epoch {st.epoch}: valid {shown}{' (best)' if improved else ''}")
+            # Fractional: a budget or a step limit stops mid-epoch, where "epoch 1" would mislead.
+            epochs = st.epoch + st.batch / self.task.num_train_batches
+            tqdm.write(f"step {st.step} ({epochs:.2f} epochs): valid {shown}{' (best)' if improved else ''}")
         return metrics
 
     def restore_best(self) -> None:
