@@ -133,7 +133,7 @@ def run_experiment(cfg: ExperimentConfig, accelerator: Accelerator | None = None
             "wall_seconds": state.wall_seconds,
             "train_seconds": state.train_seconds,
             "steps": state.step,
-            "epochs": state.epoch + state.batch / max(task.num_train_batches, 1),
+            "epochs": trainer.epochs_done,
             "stop_reason": state.stop_reason,
             "best_step": state.best_step,
             "nonfinite_steps": state.nonfinite_total,

@@ -245,10 +245,13 @@ class Trainer:
             st.evals_without_improvement += 1
         if self.accelerator.is_main_process:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-            # Fractional: a budget or a step limit stops mid-epoch, where "epoch 1" would mislead.
-            epochs = st.epoch + st.batch / self.task.num_train_batches
-            tqdm.write(f"step {st.step} ({epochs:.2f} epochs): valid {shown}{' (best)' if improved else ''}")
+            tqdm.write(f"step {st.step} ({self.epochs_done:.2f} epochs): valid {shown}{' (best)' if improved else ''}")
         return metrics
+
+    @property
+    def epochs_done(self) -> float:
+        """Epochs trained, fractional: a budget or a step limit stops mid-epoch (logged and in the run record)."""
+        return self.state.epoch + self.state.batch / max(self.task.num_train_batches, 1)
 
     def restore_best(self) -> None:
         """Put the weights of the best evaluation back (training may have ended past them)."""
