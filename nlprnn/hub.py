@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file
 
 from nlprnn.data.vocab import WordVocab
 from nlprnn.errors import NlprnnError
@@ -45,13 +45,36 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, vocab: WordVo
         **(extra or {}),
     }
     with atomic_directory(directory) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied weights (shared storage)
+        save_weights(model, tmp / "model.safetensors")
         if vocab is not None:
             vocab.save(tmp / "vocab.json")
         for role, tokenizer in tokenizers.items():
             atomic_write_bytes(tmp / files[role], tokenizer.model_proto)
         atomic_write_json(tmp / "config.json", config)
     return directory
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """The model's state dict as safetensors: tied weights once, every tensor in a storage of its own.
+
+    safetensors refuses a tensor that is a view into a larger storage. On CUDA, cuDNN packs all of an RNN's
+    weights into one flat buffer (flatten_parameters), so each LSTM/GRU weight is such a view and
+    `safetensors.torch.save_model` fails on a GPU-trained model; those views are copied out here. A tied weight
+    (one Parameter under two names) is written once, under the first name in sorted order, as save_model
+    did; loading restores the tie.
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    kept: dict[int, str] = {}
+    tensors = {}
+    for name, tensor in sorted(model.state_dict().items()):
+        if name in params and kept.setdefault(id(params[name]), name) != name:
+            continue  # an alias of a tied weight already kept
+        tensor = tensor.detach()
+        whole_storage = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+        if not whole_storage or tensor.storage_offset() or not tensor.is_contiguous():
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        tensors[name] = tensor
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def load_tokenizers(directory: str | Path) -> dict:
@@ -106,7 +129,7 @@ def load_state_dict_checked(model: torch.nn.Module, path: Path, strict: bool = T
 
 def load_tensors_checked(model: torch.nn.Module, tensors: dict, source: str, strict: bool = True) -> dict:
     expected = model.state_dict()
-    # save_model drops one name of each tied pair; the tie itself restores it.
+    # save_weights drops one name of each tied pair; the tie itself restores it.
     tied = {name for name in expected if name not in tensors and _is_tied_alias(model, name, tensors)}
     missing = sorted(set(expected) - set(tensors) - tied)
     unexpected = sorted(set(tensors) - set(expected))

@@ -37,6 +37,28 @@ def test_round_trip_gives_identical_outputs(tmp_path, key):
         assert loaded.head.weight is loaded.embedding.weight
 
 
+def _pack_rnn_weights_like_cudnn(rnn: torch.nn.RNNBase) -> None:
+    """Make every RNN weight a view into one flat buffer, as flatten_parameters does on CUDA."""
+    weights = list(rnn.parameters())
+    flat = torch.cat([w.detach().reshape(-1) for w in weights])
+    offset = 0
+    for w in weights:
+        w.data = flat[offset:offset + w.numel()].view_as(w)
+        offset += w.numel()
+
+
+def test_weights_packed_in_one_buffer_save_and_load(tmp_path):
+    # A GPU-trained LSTM: safetensors.torch.save_model refuses views of a larger storage.
+    model = build("lstm_tied")
+    _pack_rnn_weights_like_cudnn(model.rnn)
+    assert model.rnn.weight_hh_l0.untyped_storage().nbytes() > model.rnn.weight_hh_l0.numel() * 4
+    save_pretrained(model, tmp_path / "ckpt", vocab=VOCAB)
+    loaded, _ = from_pretrained(tmp_path / "ckpt")
+    x = torch.randint(0, len(VOCAB), (2, 5))
+    assert torch.equal(model(x, x)[0], loaded(x, x)[0])
+    assert loaded.head.weight is loaded.embedding.weight
+
+
 def test_save_is_atomic(tmp_path, monkeypatch):
     model = build("lstm_tied")
     save_pretrained(model, tmp_path / "ckpt", vocab=VOCAB)
@@ -45,7 +67,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("nlprnn.hub.save_model", crash)
+    monkeypatch.setattr("nlprnn.hub.save_file", crash)
     with pytest.raises(RuntimeError):
         save_pretrained(build("rnn_relu"), tmp_path / "ckpt", vocab=VOCAB)
     assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file, save_model
+from safetensors.torch import load_file, save_file
 
 from nlprnn.errors import NlprnnError
-from nlprnn.hub import load_state_dict_checked
+from nlprnn.hub import load_state_dict_checked, save_weights
 from nlprnn.io import atomic_write_json
 
 PICKLED_STATE = ("pytorch_model.bin", "optimizer.bin", "random_states_0.pkl")
@@ -37,7 +37,7 @@ def save_training_state(directory: Path, accelerator, model: torch.nn.Module, op
     """Write this process's part of the state into `directory` (every process calls it)."""
     directory = Path(directory)
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), str(directory / "model.safetensors"))
+        save_weights(accelerator.unwrap_model(model), directory / "model.safetensors")
         tensors, meta = _split_optimizer_state(optimizer.state_dict())
         save_file(tensors, str(directory / "optimizer.safetensors"))
         atomic_write_json(directory / "optimizer.json", meta)
