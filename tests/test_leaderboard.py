@@ -121,8 +121,33 @@ def test_runs_with_other_compute_are_not_seeds_of_one_row(tmp_path):
         "lstm (60 min) [adaptive_cutoffs=[], head=full, tie_weights=true, device=AMD EPYC]"]
 
 
+def test_gpu_runs_are_a_track_of_their_own(tmp_path):
+    cpu = variant(**{"metrics.test_ppl": 150.0})
+    gpu = variant(**{"metrics.test_ppl": 100.0})
+    gpu["hardware"].update(gpu="NVIDIA H200", device="cuda")
+    gpu["config"]["train"]["max_minutes"] = 4
+    # CUDA was visible but the run used the CPU: still the CPU track, named by its CPU.
+    cpu_beside_a_gpu = variant(**{"metrics.test_ppl": 160.0, "hardware.gpu": "NVIDIA H200"})
+    cpu_beside_a_gpu["config"]["train"]["seed"] = 2
+    root = board(tmp_path, {"cpu.json": cpu, "gpu.json": gpu, "cpu2.json": cpu_beside_a_gpu})
+    generate(root)
+    readme = (root / "README.md").read_text()
+    cpu_table = readme.index("## Language modelling: wikitext-2\n")
+    gpu_table = readme.index("## Language modelling: wikitext-2, GPU track\n")
+    assert cpu_table < readme.index("| 155.00 ± 7.07 | 2 |") < gpu_table < readme.index("| 100.00 | 1 |")
+    assert "| NVIDIA H200, 1 proc |" in readme[gpu_table:] and "NVIDIA H200" not in readme[cpu_table:gpu_table]
+    assert not (root / "quality_vs_time_lm_wikitext-2_gpu.png").exists()  # one GPU row: nothing to compare
+    gpu_2min = json.loads(json.dumps(gpu))
+    gpu_2min["config"]["train"]["max_minutes"] = 2
+    (root / "results" / "lm" / "wikitext-2" / "gpu2.json").write_text(json.dumps(gpu_2min))
+    generate(root)
+    assert (root / "quality_vs_time_lm_wikitext-2_gpu.png").exists()
+
+
 def test_check_reports_a_stale_readme_and_plot(tmp_path, capsys):
-    root = board(tmp_path, {"a.json": REAL})
+    gru = variant(**{"model": "gru"})
+    gru["config"]["model"]["name"] = "gru"
+    root = board(tmp_path, {"a.json": REAL, "b.json": gru})
     assert main(["--root", str(root), "--check"]) == 1
     assert main(["--root", str(root)]) == 0
     assert main(["--root", str(root), "--check"]) == 0
