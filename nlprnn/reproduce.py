@@ -84,11 +84,20 @@ def reproduce(record_path: str, budget_minutes: float | None, run_dir: str | Non
         new = read_record(Path(new_dir) / "result.json", require_commit=False)
     if json_path:
         mode = "same steps" if same_steps else f"{budget_minutes:g}-minute budget" if budget_minutes else "as recorded"
-        atomic_write_json(json_path, reproduction_record(record_path, record, new, mode))
+        atomic_write_json(json_path, reproduction_record(record_path, record, new, mode, command=from_scratch_command(
+            record_path, budget_minutes, same_steps, json_path)))
     return {"old": record["metrics"], "new": new["metrics"]}
 
 
-def reproduction_record(record_path: str, record: dict, new: dict, mode: str) -> dict:
+def from_scratch_command(record_path: str, budget_minutes: float | None, same_steps: bool, json_path: str) -> str:
+    """The command that makes this reproduction record by running again, also when it compared a re-run made
+    earlier (`--rerun`): that folder exists only on the machine that ran it."""
+    how = ["--same-steps"] if same_steps else ["--budget-minutes", f"{budget_minutes:g}"] if budget_minutes else []
+    return shlex.join(["nlprnn", "leaderboard", "--reproduce", repo_relative(str(Path(record_path).resolve())),
+                       *how, "--json", repo_relative(str(Path(json_path).resolve()))])
+
+
+def reproduction_record(record_path: str, record: dict, new: dict, mode: str, command: str | None = None) -> dict:
     """Old and new main metrics side by side, with where and how long each run trained."""
     test_key, valid_key, _, _ = MAIN_METRIC.get(record["task"], ("test", "valid", True, ""))
     rows = [{"metric": key, "recorded": record["metrics"][key], "reproduced": new["metrics"][key],
@@ -100,4 +109,4 @@ def reproduction_record(record_path: str, record: dict, new: dict, mode: str) ->
 
     return {"benchmark": "reproduction", "record": repo_relative(str(Path(record_path).resolve())), "mode": mode,
             "rows": rows, "recorded": run(record), "reproduced": run(new), "hardware": new["hardware"],
-            "git_commit": new["git_commit"], "command": command_line(), "date": now_iso()}
+            "git_commit": new["git_commit"], "command": command or command_line(), "date": now_iso()}

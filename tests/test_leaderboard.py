@@ -251,6 +251,8 @@ def test_a_rerun_made_earlier_is_compared_when_its_command_is_the_records(tmp_pa
     assert "difference -1.250" in capsys.readouterr().out
     written = json.loads(out.read_text())
     assert written["mode"] == "same steps" and written["reproduced"]["git_commit"] == "b" * 40
+    # What it stores is the command that makes it from scratch: the re-run's folder is this machine's alone.
+    assert written["command"] == f"nlprnn leaderboard --reproduce {recorded} --same-steps --json {out}"
     rerun["command"] = REAL["command"].replace("--num_cpu_threads_per_process 2", "--num_cpu_threads_per_process 1") \
         + f" run.dir={tmp_path}/again"
     (tmp_path / "again" / "result.json").write_text(json.dumps(rerun))
