@@ -104,8 +104,8 @@ def _device_name(hardware: dict) -> str:
 def tracks(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     """A table's rows split into the CPU track and the GPU track, in that order, leaving out an empty track.
 
-    They are never one table: the same wall-clock budget buys two orders of magnitude more steps on a GPU,
-    so a GPU row would top every CPU table and its Pareto front.
+    They are never one table: the same wall-clock budget buys far more steps on a GPU (the MT GRU-attention
+    model trained 15x faster on an H200 than on 2 CPU cores), so GPU rows would top every CPU table and front.
     """
     split = {"CPU": [], "GPU": []}
     for row in rows:
